@@ -1,0 +1,503 @@
+//! Configuration: one struct per section, documented field by field. These docs, and
+//! `config/satmesh.yaml`, are the user reference.
+//!
+//! Sources, later ones winning: the built-in defaults, the YAML file, then the environment
+//! as `SATMESH__SECTION__KEY` (lists comma-separated).
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// A config error that names the key at fault.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("config: {0}")]
+    Load(#[from] config::ConfigError),
+    #[error("config key `{key}`: {reason}")]
+    Invalid { key: String, reason: String },
+}
+
+fn invalid(key: &str, reason: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        key: key.to_owned(),
+        reason: reason.into(),
+    }
+}
+
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    pub server: Server,
+    pub admin: Admin,
+    pub upstream: Upstream,
+    pub routing: Routing,
+    pub pipeline: Pipeline,
+    pub shutdown: Shutdown,
+    pub log: Log,
+}
+
+/// The agent-facing gRPC listener.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Server {
+    /// Address agents connect to (h2c, HTTP/2 prior knowledge).
+    pub listen: String,
+    /// Largest message accepted from an agent, in bytes; larger ones are refused with
+    /// INVALID_ARGUMENT and the connection lives on. The OAP's own default is 50 MiB.
+    pub max_message_bytes: usize,
+    /// Concurrent streams one agent connection may open.
+    pub max_concurrent_streams: u32,
+    /// HTTP/2 receive window of one stream, in bytes (the agent's send credit).
+    pub stream_window_bytes: u32,
+    /// HTTP/2 receive window of one connection, in bytes.
+    pub connection_window_bytes: u32,
+}
+
+impl Default for Server {
+    fn default() -> Self {
+        Server {
+            listen: "0.0.0.0:11800".into(),
+            max_message_bytes: 50 * 1024 * 1024,
+            max_concurrent_streams: 256,
+            stream_window_bytes: 1024 * 1024,
+            connection_window_bytes: 2 * 1024 * 1024,
+        }
+    }
+}
+
+/// The admin HTTP listener: /metrics, /healthz, /readyz.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Admin {
+    pub listen: String,
+}
+
+impl Default for Admin {
+    fn default() -> Self {
+        Admin {
+            listen: "0.0.0.0:1234".into(),
+        }
+    }
+}
+
+/// The OAP nodes and how satmesh talks to them.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Upstream {
+    /// OAP nodes as `host:port`; a host name is resolved and every address is a node.
+    #[serde(rename = "static")]
+    pub static_nodes: Vec<String>,
+    /// A `name:port` whose every A/AAAA record is an OAP node (a headless Service).
+    pub dns: Option<String>,
+    /// How often `dns` (and host names in `static`) are resolved again.
+    #[serde(with = "humantime_serde")]
+    pub dns_refresh: Duration,
+    /// Weights for weighted routing, as `host:port=weight`; unlisted nodes weigh 1.
+    pub weights: Vec<String>,
+    /// Sent as `authentication` on every upstream call when set; otherwise each agent's own
+    /// token is passed on with its data.
+    pub token: Option<String>,
+    /// Time to open a TCP connection and finish the HTTP/2 handshake with one OAP.
+    #[serde(with = "humantime_serde")]
+    pub connect_timeout: Duration,
+    /// Deadline of one upstream call carrying a batch.
+    #[serde(with = "humantime_serde")]
+    pub call_timeout: Duration,
+    /// Deadline of a synchronous call when the agent set none (or a longer one).
+    #[serde(with = "humantime_serde")]
+    pub sync_timeout: Duration,
+    /// Consecutive failed calls after which a connected node is set aside for a backoff.
+    pub eject_after: u32,
+    /// First reconnect / set-aside backoff; doubles up to `backoff_max`, with jitter.
+    #[serde(with = "humantime_serde")]
+    pub backoff_min: Duration,
+    #[serde(with = "humantime_serde")]
+    pub backoff_max: Duration,
+}
+
+impl Default for Upstream {
+    fn default() -> Self {
+        Upstream {
+            static_nodes: Vec::new(),
+            dns: None,
+            dns_refresh: Duration::from_secs(10),
+            weights: Vec::new(),
+            token: None,
+            connect_timeout: Duration::from_secs(3),
+            call_timeout: Duration::from_secs(10),
+            sync_timeout: Duration::from_secs(5),
+            eject_after: 3,
+            backoff_min: Duration::from_millis(100),
+            backoff_max: Duration::from_secs(5),
+        }
+    }
+}
+
+/// How an upstream node is chosen.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RoutePolicy {
+    /// Every node in turn.
+    #[default]
+    RoundRobin,
+    /// Every node in turn, in proportion to `upstream.weights`.
+    Weighted,
+}
+
+/// Which routing policy each protocol uses.
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Routing {
+    /// Policy of every protocol not listed in `protocols`.
+    pub default: RoutePolicy,
+    /// Per-protocol policy, keyed by the protocol names of the metrics (`trace`, `log`,
+    /// `meter`, `management`, `jvm`, ...).
+    pub protocols: BTreeMap<String, RoutePolicy>,
+}
+
+/// The asynchronous pipeline: queue, batching, senders.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Pipeline {
+    /// Events (messages) the queue holds, in flight included; a full queue stops reading
+    /// agents' streams (HTTP/2 flow control) instead of dropping.
+    pub queue_events: usize,
+    /// Payload bytes the queue holds, in flight included.
+    pub queue_bytes: usize,
+    /// A batch is sent when it holds this many events...
+    pub batch_size: usize,
+    /// ...or when its oldest event has waited this long.
+    #[serde(with = "humantime_serde")]
+    pub flush_interval: Duration,
+    /// Tasks that take events off the queue and form batches.
+    pub senders: usize,
+    /// Batches being delivered at once, across all OAP nodes.
+    pub max_inflight_batches: usize,
+    /// Times an OAP may reject a batch with a non-transient status (e.g. INVALID_ARGUMENT)
+    /// before it is dropped and counted; transient failures are retried without limit.
+    pub max_rejections: u32,
+}
+
+impl Default for Pipeline {
+    fn default() -> Self {
+        Pipeline {
+            queue_events: 100_000,
+            queue_bytes: 512 * 1024 * 1024,
+            batch_size: 500,
+            flush_interval: Duration::from_millis(20),
+            senders: 2,
+            max_inflight_batches: 64,
+            max_rejections: 3,
+        }
+    }
+}
+
+/// SIGTERM / SIGINT handling.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Shutdown {
+    /// Time agents' open streams get to finish after the GOAWAY.
+    #[serde(with = "humantime_serde")]
+    pub connection_grace: Duration,
+    /// Total time from the signal to exit; what is still queued then is counted as dropped.
+    #[serde(with = "humantime_serde")]
+    pub deadline: Duration,
+}
+
+impl Default for Shutdown {
+    fn default() -> Self {
+        Shutdown {
+            connection_grace: Duration::from_secs(10),
+            deadline: Duration::from_secs(30),
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Log {
+    /// `text` or `json`.
+    pub format: LogFormat,
+    /// A tracing filter; `RUST_LOG` wins when set.
+    pub filter: String,
+}
+
+impl Default for Log {
+    fn default() -> Self {
+        Log {
+            format: LogFormat::Text,
+            filter: "info,h2=warn,hyper=warn,tower=warn".into(),
+        }
+    }
+}
+
+/// Keys whose environment value is a comma-separated list.
+const LIST_KEYS: &[&str] = &["upstream.static", "upstream.weights"];
+
+impl Config {
+    /// Loads defaults, then `file` (if any), then `env` (the process environment when None).
+    pub fn load(
+        file: Option<&std::path::Path>,
+        env: Option<std::collections::HashMap<String, String>>,
+    ) -> Result<Config, ConfigError> {
+        let mut builder = config::Config::builder();
+        if let Some(file) = file {
+            builder = builder.add_source(config::File::from(file).format(config::FileFormat::Yaml));
+        }
+        let mut environment = config::Environment::with_prefix("SATMESH")
+            .separator("__")
+            .try_parsing(true)
+            .list_separator(",");
+        for key in LIST_KEYS {
+            environment = environment.with_list_parse_key(key);
+        }
+        builder = builder.add_source(environment.source(env));
+        let config: Config = builder.build()?.try_deserialize()?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks what serde cannot: addresses parse, sizes are sane, names exist.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        parse_addr("server.listen", &self.server.listen)?;
+        parse_addr("admin.listen", &self.admin.listen)?;
+        if self.server.max_message_bytes == 0 || self.server.max_message_bytes > u32::MAX as usize {
+            return Err(invalid(
+                "server.max_message_bytes",
+                "must be between 1 and 4294967295",
+            ));
+        }
+        if self.server.stream_window_bytes < 65_535 || self.server.connection_window_bytes < 65_535
+        {
+            return Err(invalid(
+                "server.stream_window_bytes",
+                "HTTP/2 windows are at least 65535",
+            ));
+        }
+        for node in &self.upstream.static_nodes {
+            host_port("upstream.static", node)?;
+        }
+        if let Some(dns) = &self.upstream.dns {
+            host_port("upstream.dns", dns)?;
+        }
+        self.weights()?;
+        for (protocol, _) in &self.routing.protocols {
+            if !crate::protocol::protocols().contains(&protocol.as_str()) {
+                return Err(invalid(
+                    &format!("routing.protocols.{protocol}"),
+                    format!(
+                        "unknown protocol; known: {}",
+                        crate::protocol::protocols().join(", ")
+                    ),
+                ));
+            }
+        }
+        let p = &self.pipeline;
+        for (key, value) in [
+            ("pipeline.queue_events", p.queue_events),
+            ("pipeline.queue_bytes", p.queue_bytes),
+            ("pipeline.batch_size", p.batch_size),
+            ("pipeline.senders", p.senders),
+            ("pipeline.max_inflight_batches", p.max_inflight_batches),
+        ] {
+            if value == 0 {
+                return Err(invalid(key, "must be at least 1"));
+            }
+        }
+        if p.flush_interval.is_zero() {
+            return Err(invalid("pipeline.flush_interval", "must be more than 0"));
+        }
+        if self.upstream.backoff_min.is_zero()
+            || self.upstream.backoff_max < self.upstream.backoff_min
+        {
+            return Err(invalid(
+                "upstream.backoff_max",
+                "need 0 < backoff_min <= backoff_max",
+            ));
+        }
+        if self.shutdown.deadline < self.shutdown.connection_grace {
+            return Err(invalid(
+                "shutdown.deadline",
+                "must be at least shutdown.connection_grace",
+            ));
+        }
+        Ok(())
+    }
+
+    /// `run` needs somewhere to send data.
+    pub fn require_upstream(&self) -> Result<(), ConfigError> {
+        if self.upstream.static_nodes.is_empty() && self.upstream.dns.is_none() {
+            return Err(invalid(
+                "upstream.static",
+                "no OAP node: set upstream.static or upstream.dns",
+            ));
+        }
+        Ok(())
+    }
+
+    /// `upstream.weights` as a map from `host:port` to weight.
+    pub fn weights(&self) -> Result<BTreeMap<String, u32>, ConfigError> {
+        let mut weights = BTreeMap::new();
+        for entry in &self.upstream.weights {
+            let (node, weight) = entry.rsplit_once('=').ok_or_else(|| {
+                invalid(
+                    "upstream.weights",
+                    format!("`{entry}` is not host:port=weight"),
+                )
+            })?;
+            let weight: u32 = weight
+                .trim()
+                .parse()
+                .ok()
+                .filter(|w| (1..=1000).contains(w))
+                .ok_or_else(|| {
+                    invalid(
+                        "upstream.weights",
+                        format!("`{entry}`: weight must be 1..=1000"),
+                    )
+                })?;
+            host_port("upstream.weights", node.trim())?;
+            weights.insert(node.trim().to_owned(), weight);
+        }
+        Ok(weights)
+    }
+
+    pub fn route_policy(&self, protocol: &str) -> RoutePolicy {
+        self.routing
+            .protocols
+            .get(protocol)
+            .copied()
+            .unwrap_or(self.routing.default)
+    }
+
+    pub fn server_addr(&self) -> SocketAddr {
+        parse_addr("server.listen", &self.server.listen).expect("validated")
+    }
+
+    pub fn admin_addr(&self) -> SocketAddr {
+        parse_addr("admin.listen", &self.admin.listen).expect("validated")
+    }
+}
+
+fn parse_addr(key: &str, value: &str) -> Result<SocketAddr, ConfigError> {
+    value
+        .parse()
+        .map_err(|e| invalid(key, format!("`{value}` is not an ip:port address ({e})")))
+}
+
+fn host_port(key: &str, value: &str) -> Result<(), ConfigError> {
+    let ok = value
+        .rsplit_once(':')
+        .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0));
+    if ok {
+        Ok(())
+    } else {
+        Err(invalid(key, format!("`{value}` is not host:port")))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn env(pairs: &[(&str, &str)]) -> Option<HashMap<String, String>> {
+        Some(
+            pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        )
+    }
+
+    #[test]
+    fn defaults_are_the_documented_ones() {
+        let c = Config::load(None, env(&[])).unwrap();
+        assert_eq!(c.server.listen, "0.0.0.0:11800");
+        assert_eq!(c.server.max_message_bytes, 50 * 1024 * 1024);
+        assert_eq!(c.admin.listen, "0.0.0.0:1234");
+        assert!(c.upstream.static_nodes.is_empty());
+        assert!(c.require_upstream().is_err());
+    }
+
+    #[test]
+    fn environment_overrides_with_double_underscore_and_lists() {
+        let c = Config::load(
+            None,
+            env(&[
+                ("SATMESH__SERVER__LISTEN", "127.0.0.1:9000"),
+                ("SATMESH__SERVER__MAX_MESSAGE_BYTES", "1024"),
+                ("SATMESH__UPSTREAM__STATIC", "oap-1:11800,oap-2:11800"),
+                ("SATMESH__UPSTREAM__DNS", "oap.ns.svc:11800"),
+                ("SATMESH__PIPELINE__FLUSH_INTERVAL", "5ms"),
+                ("SATMESH__ROUTING__PROTOCOLS__LOG", "weighted"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(c.server.listen, "127.0.0.1:9000");
+        assert_eq!(c.server.max_message_bytes, 1024);
+        assert_eq!(c.upstream.static_nodes, ["oap-1:11800", "oap-2:11800"]);
+        assert_eq!(c.upstream.dns.as_deref(), Some("oap.ns.svc:11800"));
+        assert_eq!(c.pipeline.flush_interval, Duration::from_millis(5));
+        assert_eq!(c.route_policy("log"), RoutePolicy::Weighted);
+        assert_eq!(c.route_policy("trace"), RoutePolicy::RoundRobin);
+    }
+
+    #[test]
+    fn file_then_environment() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.yaml");
+        std::fs::write(
+            &path,
+            "server:\n  listen: 127.0.0.1:1\nupstream:\n  static: [a:1]\n",
+        )
+        .unwrap();
+        let c = Config::load(
+            Some(&path),
+            env(&[("SATMESH__SERVER__LISTEN", "127.0.0.1:2")]),
+        )
+        .unwrap();
+        assert_eq!(c.server.listen, "127.0.0.1:2");
+        assert_eq!(c.upstream.static_nodes, ["a:1"]);
+    }
+
+    fn error_of(pairs: &[(&str, &str)]) -> String {
+        Config::load(None, env(pairs)).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        assert!(error_of(&[("SATMESH__SERVER__LISTEN", "nope")]).contains("server.listen"));
+        assert!(error_of(&[("SATMESH__SERVER__LISTN", "x")]).contains("listn"));
+        assert!(error_of(&[("SATMESH__UPSTREAM__STATIC", "oap")]).contains("upstream.static"));
+        assert!(error_of(&[("SATMESH__UPSTREAM__WEIGHTS", "a:1=0")]).contains("upstream.weights"));
+        assert!(
+            error_of(&[("SATMESH__ROUTING__PROTOCOLS__TRACES", "weighted")])
+                .contains("routing.protocols.traces")
+        );
+        assert!(
+            error_of(&[("SATMESH__PIPELINE__BATCH_SIZE", "0")]).contains("pipeline.batch_size")
+        );
+        assert!(
+            error_of(&[("SATMESH__PIPELINE__FLUSH_INTERVAL", "soon")]).contains("flush_interval")
+        );
+    }
+
+    #[test]
+    fn weights_parse() {
+        let c = Config::load(None, env(&[("SATMESH__UPSTREAM__WEIGHTS", "a:1=3, b:2=1")])).unwrap();
+        let w = c.weights().unwrap();
+        assert_eq!(w.get("a:1"), Some(&3));
+        assert_eq!(w.get("b:2"), Some(&1));
+    }
+}

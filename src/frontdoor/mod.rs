@@ -1,0 +1,114 @@
+//! Front door: the agent-facing gRPC server. The accept loop (`accept`) owns connections;
+//! `Handler` looks each call's path up in the protocol table and hands it to the async
+//! path (`receive`: queue, then answer) or the sync path (`forward`: call an OAP now and
+//! relay its answer, or relay a two-way stream live).
+
+pub mod accept;
+mod forward;
+mod receive;
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use hyper::body::Incoming;
+use tonic::codec::CompressionEncoding;
+use tonic::metadata::{Ascii, MetadataValue};
+use tonic::{Code, Status};
+
+use crate::codec::PassThrough;
+use crate::config::RoutePolicy;
+use crate::metrics::Metrics;
+use crate::pipeline::EventQueue;
+use crate::protocol::{self, Policy};
+use crate::upstream::Pool;
+pub use accept::{ConnInfo, Connections, H2Settings};
+
+/// What every call handler shares.
+pub struct State {
+    pub queue: Arc<dyn EventQueue>,
+    pub pool: Arc<Pool>,
+    pub metrics: Arc<Metrics>,
+    pub max_message_bytes: usize,
+    /// `upstream.token`; when set, agents' tokens are not carried with batches.
+    pub token: Option<MetadataValue<Ascii>>,
+    pub sync_timeout: Duration,
+    /// Routing policy per method id.
+    pub policies: Vec<RoutePolicy>,
+}
+
+/// The tower service of one agent connection.
+#[derive(Clone)]
+pub struct Handler {
+    pub state: Arc<State>,
+    pub conn: Arc<ConnInfo>,
+}
+
+type Response = http::Response<tonic::body::Body>;
+
+impl tower::Service<http::Request<Incoming>> for Handler {
+    type Response = Response;
+    type Error = Infallible;
+    type Future = Pin<Box<dyn Future<Output = Result<Response, Infallible>> + Send>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: http::Request<Incoming>) -> Self::Future {
+        let state = self.state.clone();
+        Box::pin(async move {
+            let Some(id) = protocol::lookup(req.uri().path()) else {
+                state
+                    .metrics
+                    .refused
+                    .with_label_values(&["unknown_path"])
+                    .inc();
+                let status = Status::unimplemented(format!(
+                    "satmesh does not carry the path {}",
+                    req.uri().path()
+                ));
+                return Ok(status.into_http());
+            };
+            let mut grpc = tonic::server::Grpc::new(PassThrough)
+                .max_decoding_message_size(state.max_message_bytes)
+                .max_encoding_message_size(usize::MAX)
+                .accept_compressed(CompressionEncoding::Gzip);
+            let method = protocol::method(id);
+            state.metrics.method(id).calls_in.inc();
+            let response = match method.policy {
+                Policy::Async => {
+                    let svc = tower::service_fn(move |r| receive::receive(state.clone(), id, r));
+                    grpc.client_streaming(svc, req).await
+                }
+                Policy::Sync | Policy::Query => {
+                    let svc = tower::service_fn(move |r| forward::forward(state.clone(), id, r));
+                    grpc.client_streaming(svc, req).await
+                }
+                Policy::Relay => {
+                    let svc = tower::service_fn(move |r| forward::relay(state.clone(), id, r));
+                    grpc.streaming(svc, req).await
+                }
+            };
+            Ok(response)
+        })
+    }
+}
+
+/// The status for a message tonic could not take from the agent. An oversize message
+/// becomes INVALID_ARGUMENT naming the limit: tonic's OUT_OF_RANGE is silently lost by
+/// the Java agent, and RESOURCE_EXHAUSTED / UNAVAILABLE would mark its channel broken.
+pub(crate) fn refuse(state: &State, status: Status) -> Status {
+    if status.code() == Code::OutOfRange {
+        state.metrics.refused.with_label_values(&["oversize"]).inc();
+        return Status::invalid_argument(format!(
+            "satmesh: message larger than server.max_message_bytes = {} bytes ({})",
+            state.max_message_bytes,
+            status.message()
+        ));
+    }
+    status
+}

@@ -1,0 +1,29 @@
+//! # satmesh
+//!
+//! A proxy tier for Apache SkyWalking: agents report traces, logs and metrics over gRPC
+//! to satmesh, which forwards them to a pool of OAP nodes.
+//!
+//! # Layout
+//!
+//! Data flows one way: agent -> front door -> pipeline -> upstream -> OAP.
+//!
+//! - [`frontdoor`]: the agent-facing HTTP/2 accept loop and the gRPC handler of every path.
+//! - [`protocol`]: the protocol table (which path is sync, async, relayed).
+//! - [`codec`]: the pass-through codec; payloads stay the agent's bytes.
+//! - [`pipeline`]: queue, batching senders and the delivery driver (retry, ack).
+//! - [`upstream`]: OAP discovery, one HTTP/2 connection per node, health, node selection.
+//! - [`admin`]: `/metrics`, `/healthz`, `/readyz`; [`metrics`] defines every metric once.
+//! - [`peer`]: wires one peer together and runs its shutdown.
+//! - [`sink`]: satmesh's own fake OAP for tests, demos and benchmarks.
+//! - [`config`]: the configuration reference.
+
+pub mod admin;
+pub mod codec;
+pub mod config;
+pub mod frontdoor;
+pub mod metrics;
+pub mod peer;
+pub mod pipeline;
+pub mod protocol;
+pub mod sink;
+pub mod upstream;

@@ -1,0 +1,191 @@
+//! The `satmesh` command line: `run`, `check-config`, `sink`.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use satmesh::config::{Config, LogFormat};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tracing_subscriber::EnvFilter;
+
+#[derive(Parser)]
+#[command(
+    name = "satmesh",
+    version,
+    about = "A proxy tier for Apache SkyWalking agents"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run a satmesh peer.
+    Run {
+        /// YAML config file; SATMESH__SECTION__KEY environment variables override it.
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
+    /// Print the effective config (file + environment + defaults), or the error naming the bad key.
+    CheckConfig { file: Option<PathBuf> },
+    /// Run satmesh's fake OAP: accepts every path, counts what it acknowledged.
+    Sink {
+        #[arg(long, default_value = "127.0.0.1:11800")]
+        listen: String,
+        #[arg(long, default_value = "127.0.0.1:12800")]
+        admin: String,
+        /// Sleep this many milliseconds per message received.
+        #[arg(long, default_value_t = 0)]
+        delay_per_message_ms: u64,
+        /// Fail this fraction of calls (0.0..=1.0).
+        #[arg(long, default_value_t = 0.0)]
+        fail_fraction: f64,
+        /// gRPC status code of failed calls (14 = UNAVAILABLE).
+        #[arg(long, default_value_t = 14)]
+        fail_code: i32,
+        /// Close every new connection at once.
+        #[arg(long)]
+        refuse: bool,
+        /// Answer sync and relayed calls with the request bytes.
+        #[arg(long)]
+        echo: bool,
+    },
+}
+
+fn init_logs(format: LogFormat, filter: &str) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(filter));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => builder.init(),
+    }
+}
+
+/// Resolves on SIGTERM or SIGINT and cancels `token`.
+async fn signals(token: CancellationToken) {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut term = signal(SignalKind::terminate()).expect("install SIGTERM handler");
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = tokio::signal::ctrl_c() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = tokio::signal::ctrl_c().await;
+    tracing::info!("signal received");
+    token.cancel();
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::CheckConfig { file } => match Config::load(file.as_deref(), None) {
+            Ok(config) => {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&config).expect("config serializes")
+                );
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("{e}");
+                ExitCode::from(2)
+            }
+        },
+        Command::Run { config } => {
+            let config = match Config::load(config.as_deref(), None).and_then(|c| {
+                c.require_upstream()?;
+                Ok(c)
+            }) {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("{e}");
+                    return ExitCode::from(2);
+                }
+            };
+            init_logs(config.log.format, &config.log.filter);
+            report(runtime().block_on(run(config)))
+        }
+        Command::Sink {
+            listen,
+            admin,
+            delay_per_message_ms,
+            fail_fraction,
+            fail_code,
+            refuse,
+            echo,
+        } => {
+            init_logs(LogFormat::Text, "info,h2=warn,hyper=warn");
+            let faults = satmesh::sink::Faults {
+                delay_per_message_ms,
+                fail_fraction,
+                fail_code,
+                refuse,
+                echo,
+            };
+            report(runtime().block_on(sink(listen, admin, faults)))
+        }
+    }
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime")
+}
+
+fn report(result: anyhow::Result<()>) -> ExitCode {
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("satmesh: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(config: Config) -> anyhow::Result<()> {
+    let listeners = satmesh::peer::Listeners::bind(&config)
+        .await
+        .context("binding listeners")?;
+    let (grpc, admin) = listeners.addrs()?;
+    println!("satmesh listening grpc={grpc} admin={admin}");
+    tracing::info!(%grpc, %admin, "satmesh listening");
+    let stop = CancellationToken::new();
+    tokio::spawn(signals(stop.clone()));
+    satmesh::peer::run(config, listeners, async move { stop.cancelled().await }).await?;
+    Ok(())
+}
+
+async fn sink(listen: String, admin: String, faults: satmesh::sink::Faults) -> anyhow::Result<()> {
+    let grpc = TcpListener::bind(&listen)
+        .await
+        .with_context(|| format!("binding {listen}"))?;
+    let admin = TcpListener::bind(&admin)
+        .await
+        .with_context(|| format!("binding {admin}"))?;
+    println!(
+        "sink listening grpc={} admin={}",
+        grpc.local_addr()?,
+        admin.local_addr()?
+    );
+    let sink = satmesh::sink::Sink::new(faults);
+    let stop = CancellationToken::new();
+    tokio::spawn(signals(stop.clone()));
+    let admin_task = tokio::spawn(satmesh::admin::serve(
+        admin,
+        satmesh::sink::router(sink.clone()),
+        stop.clone(),
+    ));
+    satmesh::sink::serve_grpc(sink, grpc, stop).await;
+    let _ = admin_task.await;
+    Ok(())
+}

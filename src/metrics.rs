@@ -1,0 +1,247 @@
+//! Every metric satmesh exports, defined once. Names are documented in the README.
+//!
+//! Hot-path handles (per method) are resolved once at start-up, so counting a message is
+//! one atomic add, never a label lookup.
+
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
+};
+
+use crate::protocol::{METHODS, MethodId};
+
+/// Why messages were lost after an agent was told they were taken.
+pub const DROP_SHUTDOWN: &str = "shutdown_deadline";
+pub const DROP_REJECTED: &str = "rejected_by_oap";
+
+pub struct Metrics {
+    registry: Registry,
+    /// Open agent connections.
+    pub connections_open: IntGauge,
+    pub connections_total: IntCounter,
+    /// Calls refused before reaching the pipeline, by reason (`oversize`, `unknown_path`).
+    pub refused: IntCounterVec,
+    pub queue_events: IntGauge,
+    pub queue_bytes: IntGauge,
+    pub queue_capacity_events: IntGauge,
+    pub queue_capacity_bytes: IntGauge,
+    pub batch_size: Histogram,
+    /// Time from an event entering the queue to the OAP acknowledging its batch.
+    pub delivery_latency: Histogram,
+    pub upstream_latency: HistogramVec,
+    pub upstream_up: IntGaugeVec,
+    pub upstream_failures: IntCounterVec,
+    per_method: Vec<MethodMetrics>,
+}
+
+/// Handles for one method's protocol label.
+#[derive(Clone)]
+pub struct MethodMetrics {
+    pub calls_in: IntCounter,
+    pub messages_in: IntCounter,
+    pub bytes_in: IntCounter,
+    pub messages_out: IntCounter,
+    pub calls_out_ok: IntCounter,
+    pub calls_out_failed: IntCounter,
+    pub messages_retried: IntCounter,
+    pub dropped_shutdown: IntCounter,
+    pub dropped_rejected: IntCounter,
+    /// Queries answered with an empty `Commands` because no OAP answered in time.
+    pub query_fallbacks: IntCounter,
+}
+
+fn counter_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    let v = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric");
+    registry
+        .register(Box::new(v.clone()))
+        .expect("unique metric");
+    v
+}
+
+fn gauge(registry: &Registry, name: &str, help: &str) -> IntGauge {
+    let g = IntGauge::new(name, help).expect("valid metric");
+    registry
+        .register(Box::new(g.clone()))
+        .expect("unique metric");
+    g
+}
+
+fn histogram(registry: &Registry, name: &str, help: &str, buckets: Vec<f64>) -> Histogram {
+    let h = Histogram::with_opts(HistogramOpts::new(name, help).buckets(buckets)).expect("valid");
+    registry
+        .register(Box::new(h.clone()))
+        .expect("unique metric");
+    h
+}
+
+const LATENCY_BUCKETS: &[f64] = &[
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.02, 0.03, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let r = Registry::new();
+        let calls_in = counter_vec(
+            &r,
+            "satmesh_calls_in_total",
+            "Calls from agents",
+            &["protocol"],
+        );
+        let messages_in = counter_vec(
+            &r,
+            "satmesh_messages_in_total",
+            "Messages from agents",
+            &["protocol"],
+        );
+        let bytes_in = counter_vec(
+            &r,
+            "satmesh_bytes_in_total",
+            "Payload bytes from agents",
+            &["protocol"],
+        );
+        let messages_out = counter_vec(
+            &r,
+            "satmesh_messages_out_total",
+            "Messages acknowledged by an OAP",
+            &["protocol"],
+        );
+        let calls_out = counter_vec(
+            &r,
+            "satmesh_calls_out_total",
+            "Calls to OAP nodes by outcome",
+            &["protocol", "outcome"],
+        );
+        let retried = counter_vec(
+            &r,
+            "satmesh_messages_retried_total",
+            "Messages sent again after a failed upstream call",
+            &["protocol"],
+        );
+        let dropped = counter_vec(
+            &r,
+            "satmesh_messages_dropped_total",
+            "Messages acknowledged to an agent that never reached an OAP, by reason",
+            &["protocol", "reason"],
+        );
+        let fallbacks = counter_vec(
+            &r,
+            "satmesh_query_fallbacks_total",
+            "Queries answered with empty Commands because no OAP answered in time",
+            &["protocol"],
+        );
+        let per_method = METHODS
+            .iter()
+            .map(|m| {
+                let p = m.protocol;
+                MethodMetrics {
+                    calls_in: calls_in.with_label_values(&[p]),
+                    messages_in: messages_in.with_label_values(&[p]),
+                    bytes_in: bytes_in.with_label_values(&[p]),
+                    messages_out: messages_out.with_label_values(&[p]),
+                    calls_out_ok: calls_out.with_label_values(&[p, "ok"]),
+                    calls_out_failed: calls_out.with_label_values(&[p, "failed"]),
+                    messages_retried: retried.with_label_values(&[p]),
+                    dropped_shutdown: dropped.with_label_values(&[p, DROP_SHUTDOWN]),
+                    dropped_rejected: dropped.with_label_values(&[p, DROP_REJECTED]),
+                    query_fallbacks: fallbacks.with_label_values(&[p]),
+                }
+            })
+            .collect();
+        let upstream_latency = HistogramVec::new(
+            HistogramOpts::new("satmesh_upstream_latency_seconds", "Upstream call latency")
+                .buckets(LATENCY_BUCKETS.to_vec()),
+            &["kind"],
+        )
+        .expect("valid metric");
+        r.register(Box::new(upstream_latency.clone()))
+            .expect("unique metric");
+        let upstream_up = IntGaugeVec::new(
+            Opts::new(
+                "satmesh_upstream_up",
+                "1 when the OAP node is connected and not set aside",
+            ),
+            &["node"],
+        )
+        .expect("valid metric");
+        r.register(Box::new(upstream_up.clone()))
+            .expect("unique metric");
+        Metrics {
+            connections_open: gauge(&r, "satmesh_agent_connections", "Open agent connections"),
+            connections_total: {
+                let c = IntCounter::new(
+                    "satmesh_agent_connections_total",
+                    "Agent connections accepted",
+                )
+                .expect("valid metric");
+                r.register(Box::new(c.clone())).expect("unique metric");
+                c
+            },
+            refused: counter_vec(
+                &r,
+                "satmesh_calls_refused_total",
+                "Agent calls refused before the pipeline, by reason",
+                &["reason"],
+            ),
+            queue_events: gauge(&r, "satmesh_queue_events", "Events queued or in flight"),
+            queue_bytes: gauge(
+                &r,
+                "satmesh_queue_bytes",
+                "Payload bytes queued or in flight",
+            ),
+            queue_capacity_events: gauge(
+                &r,
+                "satmesh_queue_capacity_events",
+                "Queue capacity in events",
+            ),
+            queue_capacity_bytes: gauge(
+                &r,
+                "satmesh_queue_capacity_bytes",
+                "Queue capacity in bytes",
+            ),
+            batch_size: histogram(
+                &r,
+                "satmesh_batch_size",
+                "Events per upstream batch",
+                vec![
+                    1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0, 200.0, 500.0, 1000.0, 5000.0,
+                ],
+            ),
+            delivery_latency: histogram(
+                &r,
+                "satmesh_delivery_latency_seconds",
+                "Time from queueing an event to the OAP acknowledging it",
+                LATENCY_BUCKETS.to_vec(),
+            ),
+            upstream_latency,
+            upstream_up,
+            upstream_failures: counter_vec(
+                &r,
+                "satmesh_upstream_failures_total",
+                "Failed upstream calls and connection attempts per OAP node",
+                &["node"],
+            ),
+            per_method,
+            registry: r,
+        }
+    }
+
+    pub fn method(&self, id: MethodId) -> &MethodMetrics {
+        &self.per_method[usize::from(id)]
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn render(&self) -> String {
+        let mut out = Vec::new();
+        let families = self.registry.gather();
+        TextEncoder::new()
+            .encode(&families, &mut out)
+            .expect("text encoding cannot fail");
+        String::from_utf8(out).expect("prometheus text is utf-8")
+    }
+}

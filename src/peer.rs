@@ -1,0 +1,227 @@
+//! One satmesh peer: wires the front door, pipeline, upstream pool and admin together,
+//! and runs the shutdown sequence.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+use std::time::Instant;
+
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use tonic::metadata::MetadataValue;
+use tracing::{info, warn};
+
+use crate::admin::{self, AdminState};
+use crate::config::Config;
+use crate::frontdoor::{self, Connections, H2Settings, Handler, State};
+use crate::metrics::Metrics;
+use crate::pipeline::batcher::Batcher;
+use crate::pipeline::delivery::Delivery;
+use crate::pipeline::{EventQueue, MemoryQueue};
+use crate::protocol::METHODS;
+use crate::upstream::conn::ConnectSettings;
+use crate::upstream::{Health, Pool, discovery};
+
+/// The listeners a peer serves on, bound by the caller (tests bind port 0).
+pub struct Listeners {
+    pub grpc: TcpListener,
+    pub admin: TcpListener,
+}
+
+impl Listeners {
+    pub async fn bind(config: &Config) -> std::io::Result<Listeners> {
+        Ok(Listeners {
+            grpc: TcpListener::bind(config.server_addr()).await?,
+            admin: TcpListener::bind(config.admin_addr()).await?,
+        })
+    }
+
+    pub fn addrs(&self) -> std::io::Result<(SocketAddr, SocketAddr)> {
+        Ok((self.grpc.local_addr()?, self.admin.local_addr()?))
+    }
+}
+
+/// What a shutdown left behind.
+#[derive(Debug, Default)]
+pub struct ShutdownReport {
+    pub connections_closed_hard: usize,
+    pub events_dropped: usize,
+}
+
+/// Runs a peer until `shutdown` resolves, then drains: stop accepting, GOAWAY every agent,
+/// let open streams finish, deliver the queue, all within `shutdown.deadline`.
+pub async fn run(
+    config: Config,
+    listeners: Listeners,
+    shutdown: impl Future<Output = ()>,
+) -> anyhow::Result<ShutdownReport> {
+    let metrics = Arc::new(Metrics::new());
+    let queue: Arc<dyn EventQueue> = Arc::new(MemoryQueue::new(
+        config.pipeline.queue_events,
+        config.pipeline.queue_bytes,
+    ));
+    let up = &config.upstream;
+    let pool = Pool::new(
+        ConnectSettings {
+            connect_timeout: up.connect_timeout,
+            backoff_min: up.backoff_min,
+            backoff_max: up.backoff_max,
+        },
+        Health {
+            eject_after: up.eject_after,
+            backoff_min: up.backoff_min,
+            backoff_max: up.backoff_max,
+        },
+        metrics.clone(),
+    );
+    let weights = config.weights()?;
+    let sources = discovery::sources(&up.static_nodes, up.dns.as_deref(), &weights);
+    let stop_discovery = CancellationToken::new();
+    tokio::spawn(discovery::run(
+        pool.clone(),
+        sources,
+        weights,
+        up.dns_refresh,
+        stop_discovery.clone(),
+    ));
+
+    let token = match &up.token {
+        Some(t) => Some(MetadataValue::try_from(t.as_str()).map_err(|_| {
+            crate::config::ConfigError::Invalid {
+                key: "upstream.token".into(),
+                reason: "not a valid header value".into(),
+            }
+        })?),
+        None => None,
+    };
+    let policies: Vec<_> = METHODS
+        .iter()
+        .map(|m| config.route_policy(m.protocol))
+        .collect();
+
+    let abandon = CancellationToken::new();
+    let delivery = Arc::new(Delivery {
+        pool: pool.clone(),
+        queue: queue.clone(),
+        metrics: metrics.clone(),
+        token: token.clone(),
+        policies: policies.clone(),
+        call_timeout: up.call_timeout,
+        max_rejections: config.pipeline.max_rejections,
+        backoff_min: up.backoff_min,
+        backoff_max: up.backoff_max,
+        abandon: abandon.clone(),
+    });
+    let max_inflight = config.pipeline.max_inflight_batches;
+    let inflight = Arc::new(Semaphore::new(max_inflight));
+    let mut senders = JoinSet::new();
+    for _ in 0..config.pipeline.senders {
+        let batcher = Arc::new(Batcher {
+            queue: queue.clone(),
+            delivery: delivery.clone(),
+            batch_size: config.pipeline.batch_size,
+            flush_interval: config.pipeline.flush_interval,
+            inflight: inflight.clone(),
+        });
+        senders.spawn(batcher.run());
+    }
+
+    let state = Arc::new(State {
+        queue: queue.clone(),
+        pool: pool.clone(),
+        metrics: metrics.clone(),
+        max_message_bytes: config.server.max_message_bytes,
+        token,
+        sync_timeout: up.sync_timeout,
+        policies,
+    });
+    let connections = Connections::default();
+    let admin_state = Arc::new(AdminState {
+        metrics: metrics.clone(),
+        queue: queue.clone(),
+        pool: pool.clone(),
+        front_door: connections.clone(),
+        draining: AtomicBool::new(false),
+    });
+    let stop_admin = CancellationToken::new();
+    let admin_task = tokio::spawn(admin::serve(
+        listeners.admin,
+        admin::router(admin_state.clone()),
+        stop_admin.clone(),
+    ));
+
+    let stop_accepting = CancellationToken::new();
+    let settings = H2Settings {
+        max_concurrent_streams: config.server.max_concurrent_streams,
+        stream_window_bytes: config.server.stream_window_bytes,
+        connection_window_bytes: config.server.connection_window_bytes,
+    };
+    let accepted = metrics.connections_total.clone();
+    let accept_task = tokio::spawn(frontdoor::accept::accept_loop(
+        listeners.grpc,
+        settings,
+        connections.clone(),
+        stop_accepting.clone(),
+        move |_| {
+            accepted.inc();
+            true
+        },
+        move |conn| Handler {
+            state: state.clone(),
+            conn,
+        },
+        |_| {},
+    ));
+
+    shutdown.await;
+    let started = Instant::now();
+    let deadline = config.shutdown.deadline;
+    info!(
+        connections = connections.len(),
+        "shutting down: no new connections, draining agents"
+    );
+    admin_state.set_draining();
+    stop_accepting.cancel();
+    let _ = accept_task.await;
+    let mut report = ShutdownReport {
+        connections_closed_hard: connections.drain(config.shutdown.connection_grace).await,
+        ..Default::default()
+    };
+
+    info!(
+        queued = queue.depth().events,
+        "agents gone, delivering the queue"
+    );
+    queue.close();
+    let rest = deadline.saturating_sub(started.elapsed());
+    let flushed = tokio::time::timeout(rest, async {
+        while senders.join_next().await.is_some() {}
+        let _ = inflight.acquire_many(max_inflight as u32).await;
+    })
+    .await;
+    if flushed.is_err() {
+        warn!(deadline = ?deadline, "shutdown deadline passed with messages undelivered");
+        abandon.cancel();
+        senders.abort_all();
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(2), async {
+            let _ = inflight.acquire_many(max_inflight as u32).await;
+        })
+        .await;
+        report.events_dropped = delivery.drop_queued();
+    }
+    let dropped: u64 = METHODS
+        .iter()
+        .enumerate()
+        .map(|(i, _)| metrics.method(i as u16).dropped_shutdown.get())
+        .sum();
+    report.events_dropped = dropped as usize;
+    stop_discovery.cancel();
+    pool.close();
+    stop_admin.cancel();
+    let _ = admin_task.await;
+    info!(took = ?started.elapsed(), dropped = report.events_dropped, "shutdown complete");
+    Ok(report)
+}

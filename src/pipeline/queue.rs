@@ -1,0 +1,210 @@
+//! The queue between the front door and the senders.
+//!
+//! `EventQueue` is the seam for another store (a disk-backed queue): the pipeline only
+//! pushes, pops and releases. Room is taken on push and given back on `release`, after
+//! the OAP acknowledged (or the event was counted as dropped), so events in flight count
+//! against the bound and memory stays bounded while an OAP is down.
+
+use std::future::Future;
+use std::pin::Pin;
+
+use tokio::sync::Semaphore;
+
+use super::Event;
+
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+#[derive(Debug, thiserror::Error)]
+#[error("the queue is closed")]
+pub struct QueueClosed;
+
+/// Events and bytes held (queued or in flight).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Depth {
+    pub events: usize,
+    pub bytes: usize,
+    pub capacity_events: usize,
+    pub capacity_bytes: usize,
+}
+
+pub trait EventQueue: Send + Sync + 'static {
+    /// Waits for room, then stores the event. Once this returns Ok the event is the
+    /// queue's responsibility and the agent may be told so.
+    fn push(&self, event: Event) -> BoxFuture<'_, Result<(), QueueClosed>>;
+
+    /// Waits for at least one event, then moves up to `max` into `out` without waiting.
+    /// Returns false once the queue is closed and empty.
+    fn pop<'a>(&'a self, max: usize, out: &'a mut Vec<Event>) -> BoxFuture<'a, bool>;
+
+    /// Moves up to `max` events into `out` if any are there, without waiting.
+    fn try_pop(&self, max: usize, out: &mut Vec<Event>);
+
+    /// These events left the pipeline (acknowledged or dropped): give their room back.
+    fn release(&self, events: &[Event]);
+
+    /// No more pushes; pops drain what is left.
+    fn close(&self);
+
+    fn depth(&self) -> Depth;
+}
+
+/// A bounded in-memory queue: FIFO, many producers, many consumers.
+pub struct MemoryQueue {
+    tx: async_channel::Sender<Event>,
+    rx: async_channel::Receiver<Event>,
+    /// Room in events; pushers wait here in FIFO order when the queue is full.
+    events: Semaphore,
+    /// Room in payload bytes.
+    bytes: Semaphore,
+    capacity_events: usize,
+    capacity_bytes: usize,
+}
+
+impl MemoryQueue {
+    pub fn new(capacity_events: usize, capacity_bytes: usize) -> MemoryQueue {
+        let (tx, rx) = async_channel::unbounded();
+        MemoryQueue {
+            tx,
+            rx,
+            events: Semaphore::new(capacity_events),
+            bytes: Semaphore::new(capacity_bytes),
+            capacity_events,
+            capacity_bytes,
+        }
+    }
+
+    /// Bytes of room an event takes; one larger than the whole queue takes all of it.
+    fn cost(&self, event: &Event) -> u32 {
+        event
+            .payload
+            .len()
+            .min(self.capacity_bytes)
+            .min(u32::MAX as usize) as u32
+    }
+}
+
+impl EventQueue for MemoryQueue {
+    fn push(&self, event: Event) -> BoxFuture<'_, Result<(), QueueClosed>> {
+        Box::pin(async move {
+            let cost = self.cost(&event);
+            self.events
+                .acquire()
+                .await
+                .map_err(|_| QueueClosed)?
+                .forget();
+            match self.bytes.acquire_many(cost).await {
+                Ok(permit) => permit.forget(),
+                Err(_) => {
+                    self.events.add_permits(1);
+                    return Err(QueueClosed);
+                }
+            }
+            self.tx.try_send(event).map_err(|_| QueueClosed)
+        })
+    }
+
+    fn pop<'a>(&'a self, max: usize, out: &'a mut Vec<Event>) -> BoxFuture<'a, bool> {
+        Box::pin(async move {
+            match self.rx.recv().await {
+                Ok(first) => {
+                    out.push(first);
+                    self.try_pop(max.saturating_sub(1), out);
+                    true
+                }
+                Err(_) => false,
+            }
+        })
+    }
+
+    fn try_pop(&self, max: usize, out: &mut Vec<Event>) {
+        for _ in 0..max {
+            match self.rx.try_recv() {
+                Ok(event) => out.push(event),
+                Err(_) => break,
+            }
+        }
+    }
+
+    fn release(&self, events: &[Event]) {
+        let bytes: usize = events.iter().map(|e| self.cost(e) as usize).sum();
+        self.events.add_permits(events.len());
+        self.bytes.add_permits(bytes);
+    }
+
+    fn close(&self) {
+        self.events.close();
+        self.bytes.close();
+        self.tx.close();
+    }
+
+    fn depth(&self) -> Depth {
+        Depth {
+            events: self
+                .capacity_events
+                .saturating_sub(self.events.available_permits()),
+            bytes: self
+                .capacity_bytes
+                .saturating_sub(self.bytes.available_permits()),
+            capacity_events: self.capacity_events,
+            capacity_bytes: self.capacity_bytes,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+    use std::time::{Duration, Instant};
+
+    fn event(len: usize) -> Event {
+        Event {
+            method: 0,
+            auth: None,
+            payload: Bytes::from(vec![0; len]),
+            enqueued: Instant::now(),
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn full_queue_waits_until_release() {
+        let q = MemoryQueue::new(2, 1000);
+        q.push(event(1)).await.unwrap();
+        q.push(event(1)).await.unwrap();
+        let blocked = tokio::time::timeout(Duration::from_secs(1), q.push(event(1))).await;
+        assert!(blocked.is_err(), "third push must wait for room");
+        let mut out = Vec::new();
+        assert!(q.pop(10, &mut out).await);
+        assert_eq!(out.len(), 2);
+        // Popping alone frees nothing: the events are still in flight.
+        assert_eq!(q.depth().events, 2);
+        q.release(&out[..1]);
+        q.push(event(1)).await.unwrap();
+        assert_eq!(q.depth().events, 2);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn bytes_bound_applies_and_oversize_takes_everything() {
+        let q = MemoryQueue::new(100, 10);
+        q.push(event(8)).await.unwrap();
+        let blocked = tokio::time::timeout(Duration::from_secs(1), q.push(event(5))).await;
+        assert!(blocked.is_err());
+        let mut out = Vec::new();
+        q.pop(10, &mut out).await;
+        q.release(&out);
+        q.push(event(50)).await.unwrap();
+        assert_eq!(q.depth().bytes, 10);
+    }
+
+    #[tokio::test]
+    async fn close_drains_then_ends() {
+        let q = MemoryQueue::new(10, 100);
+        q.push(event(1)).await.unwrap();
+        q.close();
+        assert!(q.push(event(1)).await.is_err());
+        let mut out = Vec::new();
+        assert!(q.pop(10, &mut out).await);
+        assert_eq!(out.len(), 1);
+        assert!(!q.pop(10, &mut out).await);
+    }
+}

@@ -1,0 +1,333 @@
+//! `satmesh sink`: satmesh's own fake OAP, for tests, demos and benchmarks.
+//!
+//! It accepts every path, reads every message, and answers an empty message (or echoes
+//! the request with `echo`). It counts only what it acknowledged with OK: calls, messages
+//! and bytes per method, messages per (service, instance) for segments, logs and meters,
+//! messages per `authentication` value, and an order-free digest of the payloads so tests
+//! can check bytes arrived unchanged. Faults (slow, failing, refusing) can be set at start
+//! and changed at run time through `POST /faults`.
+
+use std::collections::{BTreeMap, HashMap};
+use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use axum::Json;
+use axum::Router;
+use axum::extract::State as AxumState;
+use axum::routing::get;
+use bytes::Bytes;
+use futures_util::{Stream, StreamExt};
+use hyper::body::Incoming;
+use rand::RngExt;
+use serde::{Deserialize, Serialize};
+use tonic::{Code, Request, Response, Status, Streaming};
+
+use crate::codec::PassThrough;
+use crate::protocol::{self, Payload, Shape};
+
+/// Faults the sink plays.
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(default)]
+pub struct Faults {
+    /// Sleep this long per message received.
+    pub delay_per_message_ms: u64,
+    /// Fail this fraction of calls (0.0..=1.0) with `fail_code`; they are not counted.
+    pub fail_fraction: f64,
+    /// gRPC status code number of failed calls (14 = UNAVAILABLE).
+    pub fail_code: i32,
+    /// Close new connections at once, before the HTTP/2 handshake.
+    pub refuse: bool,
+    /// Answer sync and relayed calls with the request's bytes instead of an empty message.
+    pub echo: bool,
+}
+
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct MethodCount {
+    pub calls: u64,
+    pub messages: u64,
+    pub bytes: u64,
+    pub failed_calls: u64,
+    /// Sum (mod 2^64) of FNV-1a hashes of every acknowledged message.
+    pub digest: u64,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct InstanceCount {
+    pub service: String,
+    pub instance: String,
+    pub messages: u64,
+}
+
+#[derive(Default)]
+struct Counts {
+    methods: BTreeMap<String, MethodCount>,
+    segments: HashMap<(String, String), u64>,
+    logs: HashMap<(String, String), u64>,
+    meters: HashMap<(String, String), u64>,
+    authentication: BTreeMap<String, u64>,
+    malformed: u64,
+}
+
+/// What `GET /counts` returns.
+#[derive(Debug, Serialize)]
+pub struct CountsView {
+    pub methods: BTreeMap<String, MethodCount>,
+    pub segments: Vec<InstanceCount>,
+    pub logs: Vec<InstanceCount>,
+    pub meters: Vec<InstanceCount>,
+    pub authentication: BTreeMap<String, u64>,
+    pub malformed: u64,
+}
+
+/// FNV-1a, 64 bit: a stable hash tests can compute on their side too.
+pub fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3)
+    })
+}
+
+#[derive(Default)]
+pub struct Sink {
+    counts: Mutex<Counts>,
+    faults: Mutex<Faults>,
+}
+
+fn instance_list(map: &HashMap<(String, String), u64>) -> Vec<InstanceCount> {
+    let mut list: Vec<InstanceCount> = map
+        .iter()
+        .map(|((s, i), n)| InstanceCount {
+            service: s.clone(),
+            instance: i.clone(),
+            messages: *n,
+        })
+        .collect();
+    list.sort_by(|a, b| (&a.service, &a.instance).cmp(&(&b.service, &b.instance)));
+    list
+}
+
+impl Sink {
+    pub fn new(faults: Faults) -> Arc<Sink> {
+        Arc::new(Sink {
+            counts: Mutex::default(),
+            faults: Mutex::new(faults),
+        })
+    }
+
+    pub fn faults(&self) -> Faults {
+        self.faults.lock().expect("sink lock").clone()
+    }
+
+    pub fn set_faults(&self, faults: Faults) {
+        *self.faults.lock().expect("sink lock") = faults;
+    }
+
+    pub fn counts(&self) -> CountsView {
+        let c = self.counts.lock().expect("sink lock");
+        CountsView {
+            methods: c.methods.clone(),
+            segments: instance_list(&c.segments),
+            logs: instance_list(&c.logs),
+            meters: instance_list(&c.meters),
+            authentication: c.authentication.clone(),
+            malformed: c.malformed,
+        }
+    }
+
+    fn fail(&self, path: &str, faults: &Faults) -> Option<Status> {
+        if faults.fail_fraction > 0.0 && rand::rng().random_bool(faults.fail_fraction.min(1.0)) {
+            let mut c = self.counts.lock().expect("sink lock");
+            c.methods.entry(path.to_owned()).or_default().failed_calls += 1;
+            return Some(Status::new(
+                Code::from_i32(faults.fail_code),
+                "sink: injected failure",
+            ));
+        }
+        None
+    }
+
+    fn record(&self, path: &str, payload: Payload, auth: &str, messages: &[Bytes]) {
+        let mut c = self.counts.lock().expect("sink lock");
+        let entry = c.methods.entry(path.to_owned()).or_default();
+        entry.calls += 1;
+        for m in messages {
+            entry.messages += 1;
+            entry.bytes += m.len() as u64;
+            entry.digest = entry.digest.wrapping_add(fnv1a(m));
+        }
+        *c.authentication.entry(auth.to_owned()).or_default() += messages.len() as u64;
+        for m in messages {
+            count_instances(&mut c, payload, m);
+        }
+    }
+}
+
+fn count_instances(c: &mut Counts, payload: Payload, msg: &[u8]) {
+    use satmesh_proto as p;
+    let (fields, collection) = match payload.key_fields() {
+        Some(kf) => kf,
+        None => return,
+    };
+    let target = match payload {
+        Payload::Segment | Payload::SegmentCollection => &mut c.segments,
+        Payload::Log => &mut c.logs,
+        Payload::Meter | Payload::MeterCollection => &mut c.meters,
+        _ => return,
+    };
+    let mut bump = |item: &[u8]| match p::peek_key(item, fields) {
+        Ok(k) => {
+            *target
+                .entry((k.service.to_owned(), k.instance.to_owned()))
+                .or_default() += 1;
+            true
+        }
+        Err(_) => false,
+    };
+    let ok = if collection {
+        p::repeated(msg, p::COLLECTION_ITEMS).all(|item| item.is_ok_and(&mut bump))
+    } else {
+        bump(msg)
+    };
+    if !ok {
+        c.malformed += 1;
+    }
+}
+
+#[derive(Clone)]
+struct SinkService(Arc<Sink>);
+
+type AnswerStream = Pin<Box<dyn Stream<Item = Result<Bytes, Status>> + Send>>;
+
+impl tower::Service<http::Request<Incoming>> for SinkService {
+    type Response = http::Response<tonic::body::Body>;
+    type Error = Infallible;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Infallible>> + Send>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: http::Request<Incoming>) -> Self::Future {
+        let sink = self.0.clone();
+        Box::pin(async move {
+            let path = req.uri().path().to_owned();
+            let method = protocol::lookup(&path).map(protocol::method);
+            let payload = method.map_or(Payload::Opaque, |m| m.payload);
+            // Sync and relayed paths may echo; reports always get an empty answer.
+            let echoes = method.is_some_and(|m| m.policy != protocol::Policy::Async);
+            let mut grpc = tonic::server::Grpc::new(PassThrough)
+                .max_decoding_message_size(usize::MAX)
+                .max_encoding_message_size(usize::MAX);
+            let response = if method.is_some_and(|m| m.shape == Shape::Bidi) {
+                let svc = tower::service_fn(move |r: Request<Streaming<Bytes>>| {
+                    let sink = sink.clone();
+                    let path = path.clone();
+                    async move {
+                        let faults = sink.faults();
+                        let auth = auth_of(&r);
+                        let answers = r.into_inner().map(move |m| {
+                            let m = m?;
+                            sink.record(&path, payload, &auth, std::slice::from_ref(&m));
+                            Ok(if faults.echo { m } else { Bytes::new() })
+                        });
+                        Ok::<_, Status>(Response::new(Box::pin(answers) as AnswerStream))
+                    }
+                });
+                grpc.streaming(svc, req).await
+            } else {
+                let svc = tower::service_fn(move |r: Request<Streaming<Bytes>>| {
+                    let sink = sink.clone();
+                    let path = path.clone();
+                    async move {
+                        let faults = sink.faults();
+                        let auth = auth_of(&r);
+                        let mut stream = r.into_inner();
+                        let mut messages = Vec::new();
+                        while let Some(m) = stream.message().await? {
+                            if faults.delay_per_message_ms > 0 {
+                                tokio::time::sleep(Duration::from_millis(
+                                    faults.delay_per_message_ms,
+                                ))
+                                .await;
+                            }
+                            messages.push(m);
+                        }
+                        if let Some(status) = sink.fail(&path, &faults) {
+                            return Err(status);
+                        }
+                        sink.record(&path, payload, &auth, &messages);
+                        let answer = match messages.first() {
+                            Some(first) if faults.echo && echoes => first.clone(),
+                            _ => Bytes::new(),
+                        };
+                        Ok(Response::new(answer))
+                    }
+                });
+                grpc.client_streaming(svc, req).await
+            };
+            Ok(response)
+        })
+    }
+}
+
+fn auth_of<T>(r: &Request<T>) -> String {
+    r.metadata()
+        .get("authentication")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_owned()
+}
+
+/// Serves the sink's gRPC side until `stop`.
+pub async fn serve_grpc(
+    sink: Arc<Sink>,
+    listener: tokio::net::TcpListener,
+    stop: tokio_util::sync::CancellationToken,
+) {
+    let connections = crate::frontdoor::Connections::default();
+    let settings = crate::frontdoor::H2Settings {
+        max_concurrent_streams: 1024,
+        stream_window_bytes: 4 * 1024 * 1024,
+        connection_window_bytes: 8 * 1024 * 1024,
+    };
+    let admit = {
+        let sink = sink.clone();
+        move |_: &crate::frontdoor::ConnInfo| !sink.faults().refuse
+    };
+    crate::frontdoor::accept::accept_loop(
+        listener,
+        settings,
+        connections.clone(),
+        stop,
+        admit,
+        move |_| SinkService(sink.clone()),
+        |_| {},
+    )
+    .await;
+    connections.drain(Duration::from_secs(1)).await;
+}
+
+async fn get_counts(AxumState(sink): AxumState<Arc<Sink>>) -> Json<CountsView> {
+    Json(sink.counts())
+}
+
+async fn get_faults(AxumState(sink): AxumState<Arc<Sink>>) -> Json<Faults> {
+    Json(sink.faults())
+}
+
+async fn set_faults(AxumState(sink): AxumState<Arc<Sink>>, Json(f): Json<Faults>) -> Json<Faults> {
+    sink.set_faults(f);
+    Json(sink.faults())
+}
+
+/// The sink's admin side: `GET /counts`, `GET|POST /faults`.
+pub fn router(sink: Arc<Sink>) -> Router {
+    Router::new()
+        .route("/counts", get(get_counts))
+        .route("/faults", get(get_faults).post(set_faults))
+        .route("/healthz", get(|| async { "ok\n" }))
+        .with_state(sink)
+}

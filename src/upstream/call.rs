@@ -1,0 +1,151 @@
+//! gRPC calls over one node's connection, payloads as opaque bytes, and what their
+//! failures mean for retrying.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::Stream;
+use http::uri::PathAndQuery;
+use tonic::metadata::MetadataMap;
+use tonic::{Code, Request, Status, Streaming};
+
+use super::Node;
+use crate::codec::PassThrough;
+
+#[derive(Debug, thiserror::Error)]
+pub enum CallError {
+    /// The node has no live connection; nothing was sent.
+    #[error("no live connection to the node")]
+    NotConnected,
+    #[error("upstream call timed out")]
+    Timeout,
+    #[error("upstream status {}: {}", .0.code(), .0.message())]
+    Status(Status),
+}
+
+impl CallError {
+    /// The node or the way to it is in trouble: the call may succeed elsewhere and counts
+    /// against the node's health. A status the OAP chose to send (INVALID_ARGUMENT,
+    /// UNAUTHENTICATED, ...) is not transient: the same data would fail anywhere.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            CallError::NotConnected | CallError::Timeout => true,
+            CallError::Status(s) => matches!(
+                s.code(),
+                Code::Unavailable
+                    | Code::Cancelled
+                    | Code::DeadlineExceeded
+                    | Code::ResourceExhausted
+                    | Code::Aborted
+                    | Code::Unknown
+                    | Code::Internal
+            ),
+        }
+    }
+
+    /// The call certainly did not reach the OAP's handler: nothing sent, or it raced the
+    /// OAP's GOAWAY (CANCELLED from a canceled request, INTERNAL from a remote GOAWAY).
+    /// Such calls are safe to retry even when they are not idempotent.
+    pub fn never_reached_oap(&self) -> bool {
+        match self {
+            CallError::NotConnected => true,
+            CallError::Timeout => false,
+            CallError::Status(s) => {
+                let msg = s.message();
+                (s.code() == Code::Cancelled
+                    || s.code() == Code::Internal
+                    || s.code() == Code::Unknown)
+                    && (msg.contains("GoAway")
+                        || msg.contains("canceled")
+                        || msg.contains("closed"))
+                    || s.code() == Code::Unavailable && msg.contains("REFUSED_STREAM")
+            }
+        }
+    }
+
+    /// The status to give an agent whose call failed here.
+    pub fn into_status(self) -> Status {
+        match self {
+            CallError::NotConnected => Status::unavailable("satmesh: no OAP node reachable"),
+            CallError::Timeout => {
+                Status::deadline_exceeded("satmesh: the OAP did not answer in time")
+            }
+            CallError::Status(s) => s,
+        }
+    }
+}
+
+fn request<T>(message: T, metadata: MetadataMap, timeout: Duration) -> Request<T> {
+    let mut request = Request::new(message);
+    *request.metadata_mut() = metadata;
+    request.set_timeout(timeout);
+    request
+}
+
+async fn within<T>(
+    timeout: Duration,
+    call: impl Future<Output = Result<T, Status>>,
+) -> Result<T, CallError> {
+    match tokio::time::timeout(timeout, call).await {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(status)) => Err(CallError::Status(status)),
+        Err(_) => Err(CallError::Timeout),
+    }
+}
+
+/// Sends one message and returns the OAP's answer, bytes untouched.
+pub async fn unary(
+    node: &Node,
+    path: &'static str,
+    metadata: MetadataMap,
+    payload: Bytes,
+    timeout: Duration,
+) -> Result<Bytes, CallError> {
+    let mut client = node.client()?;
+    client.ready().await.map_err(|_| CallError::NotConnected)?;
+    let call = client.unary(
+        request(payload, metadata, timeout),
+        PathAndQuery::from_static(path),
+        PassThrough,
+    );
+    within(timeout, call).await.map(|r| r.into_inner())
+}
+
+/// Sends a batch as one client-stream; Ok once the OAP acknowledged it.
+pub async fn client_stream(
+    node: &Node,
+    path: &'static str,
+    metadata: MetadataMap,
+    payloads: Vec<Bytes>,
+    timeout: Duration,
+) -> Result<(), CallError> {
+    let mut client = node.client()?;
+    client.ready().await.map_err(|_| CallError::NotConnected)?;
+    let stream = futures_util::stream::iter(payloads);
+    let call = client.client_streaming(
+        request(stream, metadata, timeout),
+        PathAndQuery::from_static(path),
+        PassThrough,
+    );
+    within(timeout, call)
+        .await
+        .map(|_: tonic::Response<Bytes>| ())
+}
+
+/// Opens a two-way stream; the OAP's messages come back as a stream.
+pub async fn bidi(
+    node: &Node,
+    path: &'static str,
+    metadata: MetadataMap,
+    outbound: impl Stream<Item = Bytes> + Send + 'static,
+) -> Result<Streaming<Bytes>, CallError> {
+    let mut client = node.client()?;
+    client.ready().await.map_err(|_| CallError::NotConnected)?;
+    let mut req = Request::new(outbound);
+    *req.metadata_mut() = metadata;
+    // No deadline of satmesh's own: the stream lives as long as the agent keeps it.
+    let response = client
+        .streaming(req, PathAndQuery::from_static(path), PassThrough)
+        .await;
+    response.map(|r| r.into_inner()).map_err(CallError::Status)
+}

@@ -1,0 +1,135 @@
+//! One HTTP/2 connection per OAP node, kept open by a manager task that reconnects with
+//! backoff. The connection state is what node health starts from.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use hyper::client::conn::http2::SendRequest;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tokio::net::TcpStream;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use super::{Node, backoff};
+
+/// A tower service over one HTTP/2 connection, for tonic's client.
+#[derive(Clone)]
+pub struct H2Service(pub SendRequest<tonic::body::Body>);
+
+impl tower::Service<http::Request<tonic::body::Body>> for H2Service {
+    type Response = http::Response<hyper::body::Incoming>;
+    type Error = hyper::Error;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Self::Error>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.0.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: http::Request<tonic::body::Body>) -> Self::Future {
+        Box::pin(self.0.send_request(req))
+    }
+}
+
+/// Connection settings shared by every node.
+#[derive(Clone, Debug)]
+pub struct ConnectSettings {
+    pub connect_timeout: Duration,
+    pub backoff_min: Duration,
+    pub backoff_max: Duration,
+}
+
+/// Why a connection attempt failed.
+#[derive(Debug, thiserror::Error)]
+enum ConnectError {
+    #[error("connect timed out")]
+    Timeout,
+    #[error("tcp connect: {0}")]
+    Tcp(#[from] std::io::Error),
+    #[error("http/2 handshake: {0}")]
+    Handshake(#[from] hyper::Error),
+}
+
+async fn connect(
+    addr: SocketAddr,
+    timeout: Duration,
+) -> Result<(SendRequest<tonic::body::Body>, tokio::task::JoinHandle<()>), ConnectError> {
+    let attempt = async {
+        let stream = TcpStream::connect(addr).await?;
+        stream.set_nodelay(true)?;
+        let (sender, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
+            .timer(TokioTimer::new())
+            .adaptive_window(true)
+            .keep_alive_interval(Duration::from_secs(20))
+            .keep_alive_timeout(Duration::from_secs(10))
+            .keep_alive_while_idle(true)
+            .handshake(TokioIo::new(stream))
+            .await?;
+        let driver = tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                debug!(%addr, error = %e, "upstream connection ended with an error");
+            }
+        });
+        Ok::<_, ConnectError>((sender, driver))
+    };
+    tokio::time::timeout(timeout, attempt)
+        .await
+        .map_err(|_| ConnectError::Timeout)?
+}
+
+/// Keeps `node` connected until `stop` fires.
+pub async fn manage(node: Arc<Node>, settings: ConnectSettings, stop: CancellationToken) {
+    let mut failures = 0u32;
+    loop {
+        let attempt = tokio::select! {
+            _ = stop.cancelled() => return,
+            attempt = connect(node.addr, settings.connect_timeout) => attempt,
+        };
+        match attempt {
+            Ok((sender, driver)) => {
+                if failures > 0 {
+                    info!(node = %node.addr, "upstream connected");
+                }
+                failures = 0;
+                let since = Instant::now();
+                node.set_connection(Some(sender));
+                tokio::select! {
+                    _ = stop.cancelled() => {
+                        node.set_connection(None);
+                        return;
+                    }
+                    _ = driver => {}
+                }
+                node.set_connection(None);
+                warn!(node = %node.addr, up_for = ?since.elapsed(), "upstream connection closed, reconnecting");
+                if since.elapsed() < settings.backoff_max {
+                    // A connection that dies at once must not turn into a reconnect loop.
+                    failures = 1;
+                }
+            }
+            Err(e) => {
+                failures = failures.saturating_add(1);
+                node.record_connect_failure();
+                let wait = backoff(failures, settings.backoff_min, settings.backoff_max);
+                if failures == 1 || failures % 20 == 0 {
+                    warn!(node = %node.addr, error = %e, attempts = failures, retry_in = ?wait, "upstream connect failed");
+                }
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    _ = tokio::time::sleep(wait) => {}
+                }
+                continue;
+            }
+        }
+        if failures > 0 {
+            let wait = backoff(failures, settings.backoff_min, settings.backoff_max);
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = tokio::time::sleep(wait) => {}
+            }
+        }
+    }
+}
