@@ -1,0 +1,293 @@
+//! Shared test harness: runs the real `satmesh` binary (as a peer or as the sink) on
+//! ephemeral loopback ports, and speaks gRPC to it with opaque payloads.
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::process::Stdio;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::uri::PathAndQuery;
+use prost::Message;
+use satmesh::codec::PassThrough;
+use serde_json::Value;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+use tonic::metadata::MetadataMap;
+use tonic::transport::Channel;
+use tonic::{Request, Status};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_satmesh");
+
+/// A running satmesh process with the addresses it printed.
+pub struct Proc {
+    pub child: Child,
+    pub grpc: SocketAddr,
+    pub admin: SocketAddr,
+    _dir: Option<tempfile::TempDir>,
+}
+
+impl Proc {
+    /// Starts `satmesh ARGS` and waits for its `... listening grpc=A admin=B` line.
+    pub async fn spawn(args: &[&str], envs: &[(&str, &str)]) -> Proc {
+        let mut cmd = Command::new(BIN);
+        cmd.args(args)
+            .envs(envs.iter().copied())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .kill_on_drop(true);
+        let mut child = cmd.spawn().expect("spawn satmesh");
+        let stdout = child.stdout.take().expect("piped stdout");
+        let mut lines = BufReader::new(stdout).lines();
+        let line = tokio::time::timeout(Duration::from_secs(20), lines.next_line())
+            .await
+            .expect("satmesh printed no listening line within 20 s")
+            .expect("read stdout")
+            .expect("satmesh exited before listening");
+        let field = |name: &str| -> SocketAddr {
+            line.split_whitespace()
+                .find_map(|w| w.strip_prefix(name))
+                .unwrap_or_else(|| panic!("no {name} in {line:?}"))
+                .parse()
+                .expect("address")
+        };
+        let (grpc, admin) = (field("grpc="), field("admin="));
+        // Keep draining stdout so the child never blocks on a full pipe.
+        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        Proc { child, grpc, admin, _dir: None }
+    }
+
+    /// Sends SIGTERM and waits (bounded) for the exit status.
+    pub async fn terminate(&mut self, within: Duration) -> std::process::ExitStatus {
+        let pid = self.child.id().expect("running").to_string();
+        std::process::Command::new("kill").args(["-TERM", &pid]).status().expect("kill");
+        tokio::time::timeout(within, self.child.wait())
+            .await
+            .expect("satmesh did not exit in time after SIGTERM")
+            .expect("wait")
+    }
+
+    pub async fn get(&self, path: &str) -> (u16, String) {
+        let url = format!("http://{}{path}", self.admin);
+        let r = reqwest::get(&url).await.expect("admin request");
+        (r.status().as_u16(), r.text().await.expect("body"))
+    }
+
+    pub async fn counts(&self) -> Value {
+        let (_, body) = self.get("/counts").await;
+        serde_json::from_str(&body).expect("counts json")
+    }
+
+    /// The value of one metric sample line (`name{labels}`), 0 when absent.
+    pub async fn metric(&self, sample: &str) -> f64 {
+        let (_, body) = self.get("/metrics").await;
+        body.lines()
+            .find_map(|l| l.strip_prefix(sample).and_then(|rest| rest.strip_prefix(' ')))
+            .map_or(0.0, |v| v.trim().parse().expect("metric value"))
+    }
+
+    pub async fn set_faults(&self, faults: Value) {
+        let url = format!("http://{}/faults", self.admin);
+        let r = reqwest::Client::new().post(url).json(&faults).send().await.expect("faults");
+        assert!(r.status().is_success());
+    }
+}
+
+/// Starts a sink with extra flags.
+pub async fn sink(flags: &[&str]) -> Proc {
+    let mut args = vec!["sink", "--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0"];
+    args.extend_from_slice(flags);
+    Proc::spawn(&args, &[]).await
+}
+
+/// Starts a peer with a config: listeners on port 0, `upstream.static` = `oaps`, plus
+/// `extra` YAML sections.
+pub async fn satmesh(oaps: &[SocketAddr], extra: &str) -> Proc {
+    satmesh_env(oaps, extra, &[]).await
+}
+
+/// Like [`satmesh`], with `SATMESH__...` environment overrides.
+pub async fn satmesh_env(oaps: &[SocketAddr], extra: &str, envs: &[(&str, &str)]) -> Proc {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("satmesh.yaml");
+    let list: Vec<String> = oaps.iter().map(|a| format!("\"{a}\"")).collect();
+    let yaml = format!(
+        "server:\n  listen: 127.0.0.1:0\nadmin:\n  listen: 127.0.0.1:0\nupstream:\n  static: [{}]\n{extra}",
+        list.join(", ")
+    );
+    std::fs::write(&path, yaml).expect("write config");
+    let mut p = Proc::spawn(&["run", "--config", path.to_str().expect("utf-8 path")], envs).await;
+    p._dir = Some(dir);
+    p
+}
+
+/// Polls `f` over the sink's counts until it holds or `within` passes.
+pub async fn wait_for(p: &Proc, within: Duration, f: impl Fn(&Value) -> bool) -> Value {
+    let start = std::time::Instant::now();
+    loop {
+        let c = p.counts().await;
+        if f(&c) {
+            return c;
+        }
+        if start.elapsed() > within {
+            return c;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Waits until the peer's /readyz says ready.
+pub async fn ready(p: &Proc) {
+    for _ in 0..200 {
+        if p.get("/readyz").await.0 == 200 {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("satmesh never became ready");
+}
+
+pub fn method_count(c: &Value, path: &str, field: &str) -> u64 {
+    c["methods"][path][field].as_u64().unwrap_or(0)
+}
+
+/// A gRPC client with opaque payloads, like an agent with one HTTP/2 connection.
+#[derive(Clone)]
+pub struct Client {
+    grpc: tonic::client::Grpc<Channel>,
+}
+
+pub fn md(pairs: &[(&'static str, &str)]) -> MetadataMap {
+    let mut md = MetadataMap::new();
+    for (k, v) in pairs {
+        md.insert(*k, v.parse().expect("metadata value"));
+    }
+    md
+}
+
+fn request<T>(message: T, metadata: MetadataMap) -> Request<T> {
+    let mut r = Request::new(message);
+    *r.metadata_mut() = metadata;
+    r
+}
+
+impl Client {
+    pub async fn connect(addr: SocketAddr) -> Client {
+        let channel = Channel::from_shared(format!("http://{addr}"))
+            .expect("uri")
+            .connect()
+            .await
+            .expect("connect to satmesh");
+        Client { grpc: tonic::client::Grpc::new(channel) }
+    }
+
+    pub async fn unary(&self, path: &str, payload: Bytes, metadata: MetadataMap) -> Result<Bytes, Status> {
+        let mut g = self.grpc.clone();
+        g.ready().await.map_err(|e| Status::unavailable(e.to_string()))?;
+        let path = PathAndQuery::try_from(path.to_owned()).expect("path");
+        g.unary(request(payload, metadata), path, PassThrough).await.map(|r| r.into_inner())
+    }
+
+    pub async fn stream(&self, path: &str, payloads: Vec<Bytes>, metadata: MetadataMap) -> Result<Bytes, Status> {
+        let mut g = self.grpc.clone();
+        g.ready().await.map_err(|e| Status::unavailable(e.to_string()))?;
+        let path = PathAndQuery::try_from(path.to_owned()).expect("path");
+        let s = futures_util::stream::iter(payloads);
+        g.client_streaming(request(s, metadata), path, PassThrough).await.map(|r| r.into_inner())
+    }
+
+    /// A client-stream fed from a channel, for streams that stay open.
+    pub async fn open_stream(
+        &self,
+        path: &str,
+    ) -> (tokio::sync::mpsc::Sender<Bytes>, tokio::task::JoinHandle<Result<Bytes, Status>>) {
+        let (tx, rx) = tokio::sync::mpsc::channel(16);
+        let mut g = self.grpc.clone();
+        let path = PathAndQuery::try_from(path.to_owned()).expect("path");
+        let task = tokio::spawn(async move {
+            g.ready().await.map_err(|e| Status::unavailable(e.to_string()))?;
+            let s = tokio_stream_from(rx);
+            g.client_streaming(Request::new(s), path, PassThrough).await.map(|r| r.into_inner())
+        });
+        (tx, task)
+    }
+
+    pub async fn bidi(&self, path: &str, payloads: Vec<Bytes>) -> Result<Vec<Bytes>, Status> {
+        use futures_util::StreamExt;
+        let mut g = self.grpc.clone();
+        g.ready().await.map_err(|e| Status::unavailable(e.to_string()))?;
+        let path = PathAndQuery::try_from(path.to_owned()).expect("path");
+        let s = futures_util::stream::iter(payloads);
+        let answers = g.streaming(Request::new(s), path, PassThrough).await?.into_inner();
+        answers.collect::<Vec<_>>().await.into_iter().collect()
+    }
+}
+
+fn tokio_stream_from(mut rx: tokio::sync::mpsc::Receiver<Bytes>) -> impl futures_util::Stream<Item = Bytes> {
+    futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx))
+}
+
+/// A SegmentObject with the published field numbers and `spans` bytes of padding.
+#[derive(Clone, PartialEq, Message)]
+pub struct Segment {
+    #[prost(string, tag = "1")]
+    pub trace_id: String,
+    #[prost(string, tag = "2")]
+    pub segment_id: String,
+    #[prost(bytes = "vec", repeated, tag = "3")]
+    pub spans: Vec<Vec<u8>>,
+    #[prost(string, tag = "4")]
+    pub service: String,
+    #[prost(string, tag = "5")]
+    pub instance: String,
+    /// A field the protocol does not define: it must reach the OAP untouched.
+    #[prost(string, tag = "99")]
+    pub unknown: String,
+}
+
+pub fn segment(service: &str, instance: &str, n: usize, pad: usize) -> Bytes {
+    Segment {
+        trace_id: format!("trace-{n}"),
+        segment_id: format!("seg-{n}"),
+        spans: vec![vec![(n % 251) as u8; pad]],
+        service: service.into(),
+        instance: instance.into(),
+        unknown: format!("future-field-{n}"),
+    }
+    .encode_to_vec()
+    .into()
+}
+
+/// MeterData: service=3, serviceInstance=4, timestamp=5.
+#[derive(Clone, PartialEq, Message)]
+pub struct Meter {
+    #[prost(string, tag = "3")]
+    pub service: String,
+    #[prost(string, tag = "4")]
+    pub instance: String,
+    #[prost(int64, tag = "5")]
+    pub timestamp: i64,
+}
+
+pub fn meter(service: &str, instance: &str, n: usize) -> Bytes {
+    Meter { service: service.into(), instance: instance.into(), timestamp: n as i64 }.encode_to_vec().into()
+}
+
+/// LogData: timestamp=1, service=2, serviceInstance=3.
+#[derive(Clone, PartialEq, Message)]
+pub struct Log {
+    #[prost(int64, tag = "1")]
+    pub timestamp: i64,
+    #[prost(string, tag = "2")]
+    pub service: String,
+    #[prost(string, tag = "3")]
+    pub instance: String,
+}
+
+pub fn log(service: &str, instance: &str, n: usize) -> Bytes {
+    Log { timestamp: n as i64, service: service.into(), instance: instance.into() }.encode_to_vec().into()
+}
+
+pub fn digest(payloads: &[Bytes]) -> u64 {
+    payloads.iter().fold(0u64, |acc, p| acc.wrapping_add(satmesh::sink::fnv1a(p)))
+}

@@ -1,0 +1,105 @@
+//! Every path satmesh carries, end to end through the real binary to the sink.
+
+mod common;
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use common::*;
+use satmesh::protocol::{METHODS, Payload, Policy, SKYWALKING_PATHS, Shape};
+use tonic::Code;
+
+/// A payload that looks like the method's message, with a field satmesh does not know.
+fn payload_for(payload: Payload, path_index: usize, n: usize) -> Bytes {
+    let service = format!("svc-{path_index}");
+    match payload {
+        Payload::Meter => meter(&service, "inst", n),
+        Payload::Log => log(&service, "inst", n),
+        _ => segment(&service, "inst", path_index * 100 + n, 64 + n),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_path_round_trips_with_identical_bytes() {
+    assert_eq!(SKYWALKING_PATHS, 45);
+    let sink = sink(&["--echo"]).await;
+    let peer = satmesh(&[sink.grpc], "pipeline:\n  flush_interval: 5ms\n").await;
+    ready(&peer).await;
+    let client = Client::connect(peer.grpc).await;
+    let mut expected = Vec::new();
+    for (i, m) in METHODS.iter().enumerate() {
+        let payloads: Vec<Bytes> = match m.shape {
+            Shape::Unary => vec![payload_for(m.payload, i, 0)],
+            _ => (0..3).map(|n| payload_for(m.payload, i, n)).collect(),
+        };
+        match (m.shape, m.policy) {
+            (Shape::ClientStream, Policy::Async) => {
+                let answer = client.stream(m.path, payloads.clone(), md(&[])).await;
+                assert_eq!(answer.expect(m.path), Bytes::new(), "{}", m.path);
+            }
+            (Shape::Unary, Policy::Async) => {
+                let answer = client.unary(m.path, payloads[0].clone(), md(&[])).await;
+                assert_eq!(answer.expect(m.path), Bytes::new(), "{}", m.path);
+            }
+            (Shape::Unary, Policy::Sync | Policy::Query) => {
+                // The sink echoes: the agent must get the OAP's answer byte for byte.
+                let answer = client.unary(m.path, payloads[0].clone(), md(&[])).await.expect(m.path);
+                assert_eq!(answer, payloads[0], "sync answer of {} relayed", m.path);
+            }
+            (Shape::Bidi, Policy::Relay) => {
+                let answers = client.bidi(m.path, payloads.clone()).await.expect(m.path);
+                assert_eq!(answers, payloads, "relayed stream of {}", m.path);
+            }
+            other => panic!("unexpected shape {other:?} for {}", m.path),
+        }
+        expected.push((m.path, payloads));
+    }
+    let counts = wait_for(&sink, Duration::from_secs(10), |c| {
+        expected.iter().all(|(path, p)| method_count(c, path, "messages") >= p.len() as u64)
+    })
+    .await;
+    for (path, payloads) in &expected {
+        assert_eq!(method_count(&counts, path, "messages"), payloads.len() as u64, "messages of {path}");
+        assert_eq!(method_count(&counts, path, "digest"), digest(payloads), "bytes of {path} changed");
+        let bytes: usize = payloads.iter().map(|p| p.len()).sum();
+        assert_eq!(method_count(&counts, path, "bytes"), bytes as u64, "{path}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unknown_path_is_unimplemented_naming_it() {
+    let sink = sink(&[]).await;
+    let peer = satmesh(&[sink.grpc], "").await;
+    let client = Client::connect(peer.grpc).await;
+    let err = client.unary("/skywalking.v3.Nope/collect", Bytes::from_static(b"x"), md(&[])).await.unwrap_err();
+    assert_eq!(err.code(), Code::Unimplemented);
+    assert!(err.message().contains("/skywalking.v3.Nope/collect"), "{}", err.message());
+    // The connection is still good for a known path.
+    client.unary(METHODS[2].path, segment("s", "i", 0, 10), md(&[])).await.expect("known path after unknown");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversize_message_is_invalid_argument_and_the_connection_lives_on() {
+    let sink = sink(&[]).await;
+    let peer = satmesh_env(&[sink.grpc], "", &[("SATMESH__SERVER__MAX_MESSAGE_BYTES", "4096")]).await;
+    let client = Client::connect(peer.grpc).await;
+    let path = "/skywalking.v3.TraceSegmentReportService/collect";
+    // A stream already open on the same connection.
+    let (open_tx, open_call) = client.open_stream(path).await;
+    open_tx.send(segment("s", "before", 0, 100)).await.unwrap();
+
+    let big = segment("s", "big", 1, 10_000);
+    let err = client.stream(path, vec![big], md(&[])).await.unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+    assert!(err.message().contains("max_message_bytes"), "{}", err.message());
+    assert!(err.message().contains("4096"), "{}", err.message());
+
+    // The other stream and new calls on the connection carry on.
+    open_tx.send(segment("s", "after", 2, 100)).await.unwrap();
+    drop(open_tx);
+    open_call.await.unwrap().expect("the open stream finished OK");
+    client.stream(path, vec![segment("s", "next", 3, 100)], md(&[])).await.expect("a new call");
+    let counts = wait_for(&sink, Duration::from_secs(5), |c| method_count(c, path, "messages") == 3).await;
+    assert_eq!(method_count(&counts, path, "messages"), 3);
+    assert_eq!(peer.metric("satmesh_calls_refused_total{reason=\"oversize\"}").await, 1.0);
+}
