@@ -31,6 +31,7 @@ pub struct Metrics {
     pub upstream_latency: HistogramVec,
     pub upstream_up: IntGaugeVec,
     pub upstream_failures: IntCounterVec,
+    dropped: IntCounterVec,
     per_method: Vec<MethodMetrics>,
 }
 
@@ -227,8 +228,17 @@ impl Metrics {
                 &["node"],
             ),
             per_method,
+            dropped,
             registry: r,
         }
+    }
+
+    /// Messages dropped for `reason`, across every protocol.
+    pub fn dropped_total(&self, reason: &str) -> u64 {
+        crate::protocol::protocols()
+            .iter()
+            .map(|p| self.dropped.with_label_values(&[p, reason]).get())
+            .sum()
     }
 
     pub fn method(&self, id: MethodId) -> &MethodMetrics {

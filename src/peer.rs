@@ -204,20 +204,18 @@ pub async fn run(
     .await;
     if flushed.is_err() {
         warn!(deadline = ?deadline, "shutdown deadline passed with messages undelivered");
+        // Deliveries now count their batches as dropped and free their slots; senders
+        // hand them what they still hold, then what is left in the queue is counted.
         abandon.cancel();
-        senders.abort_all();
         let _ = tokio::time::timeout(std::time::Duration::from_secs(2), async {
+            while senders.join_next().await.is_some() {}
             let _ = inflight.acquire_many(max_inflight as u32).await;
         })
         .await;
-        report.events_dropped = delivery.drop_queued();
+        senders.abort_all();
+        delivery.drop_queued();
     }
-    let dropped: u64 = METHODS
-        .iter()
-        .enumerate()
-        .map(|(i, _)| metrics.method(i as u16).dropped_shutdown.get())
-        .sum();
-    report.events_dropped = dropped as usize;
+    report.events_dropped = metrics.dropped_total(crate::metrics::DROP_SHUTDOWN) as usize;
     stop_discovery.cancel();
     pool.close();
     stop_admin.cancel();

@@ -166,8 +166,8 @@ struct View {
 /// The OAP pool.
 pub struct Pool {
     view: ArcSwap<View>,
-    /// Round-robin position shared by every caller.
-    cursor: AtomicUsize,
+    /// Position in each schedule (round-robin, weighted), shared by every caller.
+    cursors: [AtomicUsize; 2],
     /// Connection managers by address, so a node that stays is not reconnected.
     managers: std::sync::Mutex<BTreeMap<SocketAddr, (Arc<Node>, CancellationToken)>>,
     settings: ConnectSettings,
@@ -185,7 +185,7 @@ impl Pool {
                 round_robin: Schedule::default(),
                 weighted: Schedule::default(),
             }),
-            cursor: AtomicUsize::new(0),
+            cursors: [AtomicUsize::new(0), AtomicUsize::new(0)],
             managers: std::sync::Mutex::new(BTreeMap::new()),
             settings,
             health,
@@ -281,11 +281,11 @@ impl Pool {
     /// no node is connected.
     pub fn pick(&self, policy: RoutePolicy, avoid: Option<SocketAddr>) -> Option<Arc<Node>> {
         let view = self.view.load();
-        let schedule = match policy {
-            RoutePolicy::RoundRobin => &view.round_robin,
-            RoutePolicy::Weighted => &view.weighted,
+        let (schedule, cursor) = match policy {
+            RoutePolicy::RoundRobin => (&view.round_robin, &self.cursors[0]),
+            RoutePolicy::Weighted => (&view.weighted, &self.cursors[1]),
         };
-        let start = self.cursor.fetch_add(1, Ordering::Relaxed);
+        let start = cursor.fetch_add(1, Ordering::Relaxed);
         let mut fallback: Option<&Arc<Node>> = None;
         for index in schedule.iter_from(start) {
             let node = &view.nodes[index];

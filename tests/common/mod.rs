@@ -54,13 +54,21 @@ impl Proc {
         let (grpc, admin) = (field("grpc="), field("admin="));
         // Keep draining stdout so the child never blocks on a full pipe.
         tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-        Proc { child, grpc, admin, _dir: None }
+        Proc {
+            child,
+            grpc,
+            admin,
+            _dir: None,
+        }
     }
 
     /// Sends SIGTERM and waits (bounded) for the exit status.
     pub async fn terminate(&mut self, within: Duration) -> std::process::ExitStatus {
         let pid = self.child.id().expect("running").to_string();
-        std::process::Command::new("kill").args(["-TERM", &pid]).status().expect("kill");
+        std::process::Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .expect("kill");
         tokio::time::timeout(within, self.child.wait())
             .await
             .expect("satmesh did not exit in time after SIGTERM")
@@ -82,13 +90,21 @@ impl Proc {
     pub async fn metric(&self, sample: &str) -> f64 {
         let (_, body) = self.get("/metrics").await;
         body.lines()
-            .find_map(|l| l.strip_prefix(sample).and_then(|rest| rest.strip_prefix(' ')))
+            .find_map(|l| {
+                l.strip_prefix(sample)
+                    .and_then(|rest| rest.strip_prefix(' '))
+            })
             .map_or(0.0, |v| v.trim().parse().expect("metric value"))
     }
 
     pub async fn set_faults(&self, faults: Value) {
         let url = format!("http://{}/faults", self.admin);
-        let r = reqwest::Client::new().post(url).json(&faults).send().await.expect("faults");
+        let r = reqwest::Client::new()
+            .post(url)
+            .json(&faults)
+            .send()
+            .await
+            .expect("faults");
         assert!(r.status().is_success());
     }
 }
@@ -106,17 +122,25 @@ pub async fn satmesh(oaps: &[SocketAddr], extra: &str) -> Proc {
     satmesh_env(oaps, extra, &[]).await
 }
 
-/// Like [`satmesh`], with `SATMESH__...` environment overrides.
+/// Like [`satmesh`], with `SATMESH__...` environment overrides. Listeners and the OAP
+/// list come by environment, so `extra` may hold any section.
 pub async fn satmesh_env(oaps: &[SocketAddr], extra: &str, envs: &[(&str, &str)]) -> Proc {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("satmesh.yaml");
-    let list: Vec<String> = oaps.iter().map(|a| format!("\"{a}\"")).collect();
-    let yaml = format!(
-        "server:\n  listen: 127.0.0.1:0\nadmin:\n  listen: 127.0.0.1:0\nupstream:\n  static: [{}]\n{extra}",
-        list.join(", ")
-    );
-    std::fs::write(&path, yaml).expect("write config");
-    let mut p = Proc::spawn(&["run", "--config", path.to_str().expect("utf-8 path")], envs).await;
+    std::fs::write(&path, extra).expect("write config");
+    let list: Vec<String> = oaps.iter().map(|a| a.to_string()).collect();
+    let list = list.join(",");
+    let mut all = vec![
+        ("SATMESH__SERVER__LISTEN", "127.0.0.1:0"),
+        ("SATMESH__ADMIN__LISTEN", "127.0.0.1:0"),
+        ("SATMESH__UPSTREAM__STATIC", list.as_str()),
+    ];
+    all.extend_from_slice(envs);
+    let mut p = Proc::spawn(
+        &["run", "--config", path.to_str().expect("utf-8 path")],
+        &all,
+    )
+    .await;
     p._dir = Some(dir);
     p
 }
@@ -178,36 +202,63 @@ impl Client {
             .connect()
             .await
             .expect("connect to satmesh");
-        Client { grpc: tonic::client::Grpc::new(channel) }
+        Client {
+            grpc: tonic::client::Grpc::new(channel),
+        }
     }
 
-    pub async fn unary(&self, path: &str, payload: Bytes, metadata: MetadataMap) -> Result<Bytes, Status> {
+    pub async fn unary(
+        &self,
+        path: &str,
+        payload: Bytes,
+        metadata: MetadataMap,
+    ) -> Result<Bytes, Status> {
         let mut g = self.grpc.clone();
-        g.ready().await.map_err(|e| Status::unavailable(e.to_string()))?;
+        g.ready()
+            .await
+            .map_err(|e| Status::unavailable(e.to_string()))?;
         let path = PathAndQuery::try_from(path.to_owned()).expect("path");
-        g.unary(request(payload, metadata), path, PassThrough).await.map(|r| r.into_inner())
+        g.unary(request(payload, metadata), path, PassThrough)
+            .await
+            .map(|r| r.into_inner())
     }
 
-    pub async fn stream(&self, path: &str, payloads: Vec<Bytes>, metadata: MetadataMap) -> Result<Bytes, Status> {
+    pub async fn stream(
+        &self,
+        path: &str,
+        payloads: Vec<Bytes>,
+        metadata: MetadataMap,
+    ) -> Result<Bytes, Status> {
         let mut g = self.grpc.clone();
-        g.ready().await.map_err(|e| Status::unavailable(e.to_string()))?;
+        g.ready()
+            .await
+            .map_err(|e| Status::unavailable(e.to_string()))?;
         let path = PathAndQuery::try_from(path.to_owned()).expect("path");
         let s = futures_util::stream::iter(payloads);
-        g.client_streaming(request(s, metadata), path, PassThrough).await.map(|r| r.into_inner())
+        g.client_streaming(request(s, metadata), path, PassThrough)
+            .await
+            .map(|r| r.into_inner())
     }
 
     /// A client-stream fed from a channel, for streams that stay open.
     pub async fn open_stream(
         &self,
         path: &str,
-    ) -> (tokio::sync::mpsc::Sender<Bytes>, tokio::task::JoinHandle<Result<Bytes, Status>>) {
+    ) -> (
+        tokio::sync::mpsc::Sender<Bytes>,
+        tokio::task::JoinHandle<Result<Bytes, Status>>,
+    ) {
         let (tx, rx) = tokio::sync::mpsc::channel(16);
         let mut g = self.grpc.clone();
         let path = PathAndQuery::try_from(path.to_owned()).expect("path");
         let task = tokio::spawn(async move {
-            g.ready().await.map_err(|e| Status::unavailable(e.to_string()))?;
+            g.ready()
+                .await
+                .map_err(|e| Status::unavailable(e.to_string()))?;
             let s = tokio_stream_from(rx);
-            g.client_streaming(Request::new(s), path, PassThrough).await.map(|r| r.into_inner())
+            g.client_streaming(Request::new(s), path, PassThrough)
+                .await
+                .map(|r| r.into_inner())
         });
         (tx, task)
     }
@@ -215,15 +266,22 @@ impl Client {
     pub async fn bidi(&self, path: &str, payloads: Vec<Bytes>) -> Result<Vec<Bytes>, Status> {
         use futures_util::StreamExt;
         let mut g = self.grpc.clone();
-        g.ready().await.map_err(|e| Status::unavailable(e.to_string()))?;
+        g.ready()
+            .await
+            .map_err(|e| Status::unavailable(e.to_string()))?;
         let path = PathAndQuery::try_from(path.to_owned()).expect("path");
         let s = futures_util::stream::iter(payloads);
-        let answers = g.streaming(Request::new(s), path, PassThrough).await?.into_inner();
+        let answers = g
+            .streaming(Request::new(s), path, PassThrough)
+            .await?
+            .into_inner();
         answers.collect::<Vec<_>>().await.into_iter().collect()
     }
 }
 
-fn tokio_stream_from(mut rx: tokio::sync::mpsc::Receiver<Bytes>) -> impl futures_util::Stream<Item = Bytes> {
+fn tokio_stream_from(
+    mut rx: tokio::sync::mpsc::Receiver<Bytes>,
+) -> impl futures_util::Stream<Item = Bytes> {
     futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx))
 }
 
@@ -270,7 +328,13 @@ pub struct Meter {
 }
 
 pub fn meter(service: &str, instance: &str, n: usize) -> Bytes {
-    Meter { service: service.into(), instance: instance.into(), timestamp: n as i64 }.encode_to_vec().into()
+    Meter {
+        service: service.into(),
+        instance: instance.into(),
+        timestamp: n as i64,
+    }
+    .encode_to_vec()
+    .into()
 }
 
 /// LogData: timestamp=1, service=2, serviceInstance=3.
@@ -285,9 +349,17 @@ pub struct Log {
 }
 
 pub fn log(service: &str, instance: &str, n: usize) -> Bytes {
-    Log { timestamp: n as i64, service: service.into(), instance: instance.into() }.encode_to_vec().into()
+    Log {
+        timestamp: n as i64,
+        service: service.into(),
+        instance: instance.into(),
+    }
+    .encode_to_vec()
+    .into()
 }
 
 pub fn digest(payloads: &[Bytes]) -> u64 {
-    payloads.iter().fold(0u64, |acc, p| acc.wrapping_add(satmesh::sink::fnv1a(p)))
+    payloads
+        .iter()
+        .fold(0u64, |acc, p| acc.wrapping_add(satmesh::sink::fnv1a(p)))
 }
