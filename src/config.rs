@@ -262,7 +262,13 @@ impl Config {
             environment = environment.with_list_parse_key(key);
         }
         builder = builder.add_source(environment.source(env));
-        let config: Config = builder.build()?.try_deserialize()?;
+        let mut config: Config = builder.build()?.try_deserialize()?;
+        // An empty environment list (`SATMESH__UPSTREAM__STATIC=`) means none.
+        config
+            .upstream
+            .static_nodes
+            .retain(|s| !s.trim().is_empty());
+        config.upstream.weights.retain(|s| !s.trim().is_empty());
         config.validate()?;
         Ok(config)
     }

@@ -52,6 +52,9 @@ enum Command {
         /// Answer sync and relayed calls with the request bytes.
         #[arg(long)]
         echo: bool,
+        /// GOAWAY each connection after this many calls (0 = never).
+        #[arg(long, default_value_t = 0)]
+        goaway_after_calls: u64,
     },
 }
 
@@ -122,6 +125,7 @@ fn main() -> ExitCode {
             fail_code,
             refuse,
             echo,
+            goaway_after_calls,
         } => {
             init_logs(LogFormat::Text, "info,h2=warn,hyper=warn");
             let faults = satmesh::sink::Faults {
@@ -130,6 +134,7 @@ fn main() -> ExitCode {
                 fail_code,
                 refuse,
                 echo,
+                goaway_after_calls,
             };
             report(runtime().block_on(sink(listen, admin, faults)))
         }

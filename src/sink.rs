@@ -43,6 +43,9 @@ pub struct Faults {
     pub refuse: bool,
     /// Answer sync and relayed calls with the request's bytes instead of an empty message.
     pub echo: bool,
+    /// Send a graceful GOAWAY on a connection once it has carried this many calls
+    /// (0 = never), as an OAP being restarted or rebalanced does.
+    pub goaway_after_calls: u64,
 }
 
 #[derive(Clone, Debug, Default, Serialize)]
@@ -197,7 +200,12 @@ fn count_instances(c: &mut Counts, payload: Payload, msg: &[u8]) {
 }
 
 #[derive(Clone)]
-struct SinkService(Arc<Sink>);
+struct SinkService {
+    sink: Arc<Sink>,
+    conn: Arc<crate::frontdoor::ConnInfo>,
+    /// Calls started on this connection.
+    calls: Arc<std::sync::atomic::AtomicU64>,
+}
 
 type AnswerStream = Pin<Box<dyn Stream<Item = Result<Bytes, Status>> + Send>>;
 
@@ -211,7 +219,15 @@ impl tower::Service<http::Request<Incoming>> for SinkService {
     }
 
     fn call(&mut self, req: http::Request<Incoming>) -> Self::Future {
-        let sink = self.0.clone();
+        let sink = self.sink.clone();
+        let goaway_after = sink.faults().goaway_after_calls;
+        let calls = self
+            .calls
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+            + 1;
+        if goaway_after > 0 && calls >= goaway_after {
+            self.conn.drain.cancel();
+        }
         Box::pin(async move {
             let path = req.uri().path().to_owned();
             let method = protocol::lookup(&path).map(protocol::method);
@@ -303,7 +319,11 @@ pub async fn serve_grpc(
         connections.clone(),
         stop,
         admit,
-        move |_| SinkService(sink.clone()),
+        move |conn| SinkService {
+            sink: sink.clone(),
+            conn,
+            calls: Default::default(),
+        },
         |_| {},
     )
     .await;

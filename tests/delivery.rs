@@ -422,3 +422,63 @@ async fn admin_endpoints_report_health_and_metrics() {
     }
     assert!(text.contains(&format!("satmesh_upstream_up{{node=\"{}\"}} 1", sink.grpc)));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_racing_an_oap_goaway_are_retried_not_failed() {
+    // The OAP sends GOAWAY on every connection after 7 calls: queries and batches that
+    // race it must still be answered by an OAP, never by the fallback or an error.
+    let sink = sink(&["--echo", "--goaway-after-calls", "7"]).await;
+    let peer = satmesh(
+        &[sink.grpc],
+        "upstream:\n  backoff_min: 10ms\n  backoff_max: 50ms\n",
+    )
+    .await;
+    ready(&peer).await;
+    let client = Client::connect(peer.grpc).await;
+    let mut queries = Vec::new();
+    for i in 0..100 {
+        let c = client.clone();
+        queries.push(tokio::spawn(async move {
+            let q = segment("s", "q", i, 8);
+            let answer = c
+                .unary(CDS, q.clone(), md(&[]))
+                .await
+                .expect("query answered");
+            assert_eq!(answer, q, "the OAP's own answer, not the fallback");
+        }));
+    }
+    let sent = send_segments(&client, "goaway", 30, 10).await;
+    for q in queries {
+        q.await.unwrap();
+    }
+    assert_all_arrived(&sink, SEGMENTS, &sent, Duration::from_secs(10)).await;
+    assert_eq!(
+        peer.metric("satmesh_query_fallbacks_total{protocol=\"cds\"}")
+            .await,
+        0.0
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oap_nodes_come_from_a_dns_name() {
+    let sink = sink(&[]).await;
+    let name = format!("localhost:{}", sink.grpc.port());
+    let peer = satmesh_env(
+        &[],
+        "",
+        &[
+            ("SATMESH__UPSTREAM__STATIC", ""),
+            ("SATMESH__UPSTREAM__DNS", &name),
+        ],
+    )
+    .await;
+    ready(&peer).await;
+    let client = Client::connect(peer.grpc).await;
+    let sent = send_segments(&client, "dns", 2, 5).await;
+    assert_all_arrived(&sink, SEGMENTS, &sent, Duration::from_secs(5)).await;
+    assert_eq!(
+        peer.metric(&format!("satmesh_upstream_up{{node=\"{}\"}}", sink.grpc))
+            .await,
+        1.0
+    );
+}

@@ -81,14 +81,22 @@ pub async fn forward(
     let policy = state.policies[usize::from(id)];
     let mut avoid = None;
     let mut last_error = None;
-    for _ in 0..3 {
+    let mut changes = state.pool.subscribe();
+    let mut tries = 0;
+    while tries < 3 {
         let left = deadline.saturating_duration_since(Instant::now());
         if left.is_zero() {
             break;
         }
+        changes.borrow_and_update();
         let Some(node) = state.pool.pick(policy, avoid) else {
-            break;
+            // No node connected (one may be reconnecting): wait for one within the deadline.
+            if tokio::time::timeout(left, changes.changed()).await.is_err() {
+                break;
+            }
+            continue;
         };
+        tries += 1;
         let started = Instant::now();
         let result = call::unary(&node, method.path, metadata.clone(), payload.clone(), left).await;
         state
@@ -105,9 +113,7 @@ pub async fn forward(
             }
             Err(error) => {
                 m.calls_out_failed.inc();
-                if error.is_transient() {
-                    node.record_failure(&state.pool.health);
-                }
+                node.record_error(&error, &state.pool.health);
                 // A query may be asked twice; anything else only if it never arrived.
                 let retry = match method.policy {
                     Policy::Query => error.is_transient(),

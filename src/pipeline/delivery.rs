@@ -103,8 +103,8 @@ impl Delivery {
             m.calls_out_failed.inc();
             m.messages_retried.inc_by(events.len() as u64);
             avoid = Some(node.addr);
+            node.record_error(&error, &self.pool.health);
             if error.is_transient() {
-                node.record_failure(&self.pool.health);
                 failures += 1;
                 if failures == 1 || failures % 50 == 0 {
                     warn!(node = %node.addr, path = method.path, events = events.len(), failures, error = %error, "batch failed, retrying on another node");

@@ -101,13 +101,21 @@ pub async fn manage(node: Arc<Node>, settings: ConnectSettings, stop: Cancellati
                         node.set_connection(None);
                         return;
                     }
-                    _ = driver => {}
-                }
-                node.set_connection(None);
-                warn!(node = %node.addr, up_for = ?since.elapsed(), "upstream connection closed, reconnecting");
-                if since.elapsed() < settings.backoff_max {
-                    // A connection that dies at once must not turn into a reconnect loop.
-                    failures = 1;
+                    _ = driver => {
+                        node.set_connection(None);
+                        warn!(node = %node.addr, up_for = ?since.elapsed(), "upstream connection closed, reconnecting");
+                        if since.elapsed() < settings.backoff_max {
+                            // A connection that dies at once must not become a reconnect loop.
+                            failures = 1;
+                        }
+                    }
+                    _ = node.reconnect.notified() => {
+                        // A call met the OAP's GOAWAY: open a new connection now and let
+                        // the old one finish its streams on its own.
+                        node.set_connection(None);
+                        info!(node = %node.addr, "upstream connection draining (GOAWAY), reconnecting");
+                        continue;
+                    }
                 }
             }
             Err(e) => {

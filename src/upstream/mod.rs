@@ -53,6 +53,8 @@ pub struct Node {
     metrics: Arc<Metrics>,
     /// Tells the pool a connection came or went, so waiting senders retry at once.
     changed: watch::Sender<u64>,
+    /// Asks the connection manager for a fresh connection (the current one is going away).
+    reconnect: tokio::sync::Notify,
     origin: http::Uri,
 }
 
@@ -98,6 +100,21 @@ impl Node {
             .inc();
     }
 
+    /// A call found the connection closed or going away (GOAWAY): reconnect at once.
+    pub fn connection_going_away(&self) {
+        self.reconnect.notify_one();
+    }
+
+    /// Records a failed call: counts against the node when the node is in trouble, and
+    /// replaces the connection when the call raced its GOAWAY.
+    pub fn record_error(&self, error: &CallError, policy: &Health) {
+        if error.never_reached_oap() {
+            self.connection_going_away();
+        } else if error.is_transient() {
+            self.record_failure(policy);
+        }
+    }
+
     /// A call on this node succeeded.
     pub fn record_success(&self) {
         if self.failures.load(Ordering::Relaxed) != 0 {
@@ -141,10 +158,13 @@ impl Node {
         if sender.is_closed() {
             return Err(CallError::NotConnected);
         }
+        // The OAP's answers are trusted: no size limit of satmesh's own (tonic's is 4 MiB).
         Ok(tonic::client::Grpc::with_origin(
             conn::H2Service((*sender).clone()),
             self.origin.clone(),
-        ))
+        )
+        .max_decoding_message_size(usize::MAX)
+        .max_encoding_message_size(usize::MAX))
     }
 }
 
@@ -230,6 +250,7 @@ impl Pool {
                 epoch: self.epoch,
                 metrics: self.metrics.clone(),
                 changed: self.changed.clone(),
+                reconnect: tokio::sync::Notify::new(),
                 origin: format!("http://{addr}")
                     .parse()
                     .expect("a socket address is a valid authority"),
