@@ -130,6 +130,9 @@ pub async fn forward(
     let transient = last_error.as_ref().is_none_or(CallError::is_transient);
     if method.policy == Policy::Query && transient {
         m.query_fallbacks.inc();
+        let error =
+            last_error.map_or_else(|| "no OAP node connected".to_owned(), |e| e.to_string());
+        tracing::warn!(path = method.path, tries, %error, "no OAP answered the query in time, answering empty commands");
         return Ok(Response::new(Bytes::new()));
     }
     Err(last_error.map_or_else(

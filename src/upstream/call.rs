@@ -43,22 +43,43 @@ impl CallError {
         }
     }
 
-    /// The call certainly did not reach the OAP's handler: nothing sent, or it raced the
-    /// OAP's GOAWAY (CANCELLED from a canceled request, INTERNAL from a remote GOAWAY).
-    /// Such calls are safe to retry even when they are not idempotent.
+    /// The call certainly did not reach the OAP's handler: nothing sent, the request was
+    /// cancelled before it left (hyper), the stream was refused, or it raced the OAP's
+    /// GOAWAY (h2 GOAWAY NO_ERROR from the remote). Safe to retry even when not idempotent.
     pub fn never_reached_oap(&self) -> bool {
         match self {
             CallError::NotConnected => true,
             CallError::Timeout => false,
+            CallError::Status(s) => causes(s).any(|e| {
+                if let Some(h) = e.downcast_ref::<hyper::Error>() {
+                    return h.is_canceled();
+                }
+                if let Some(h) = e.downcast_ref::<h2::Error>() {
+                    return h.reason() == Some(h2::Reason::REFUSED_STREAM)
+                        || h.is_go_away()
+                            && h.is_remote()
+                            && h.reason() == Some(h2::Reason::NO_ERROR);
+                }
+                false
+            }),
+        }
+    }
+
+    /// The connection under the call is closed, broke, or is going away: it should be
+    /// replaced rather than counted against the node.
+    pub fn connection_broken(&self) -> bool {
+        match self {
+            CallError::NotConnected => true,
+            CallError::Timeout => false,
             CallError::Status(s) => {
-                let msg = s.message();
-                (s.code() == Code::Cancelled
-                    || s.code() == Code::Internal
-                    || s.code() == Code::Unknown)
-                    && (msg.contains("GoAway")
-                        || msg.contains("canceled")
-                        || msg.contains("closed"))
-                    || s.code() == Code::Unavailable && msg.contains("REFUSED_STREAM")
+                self.never_reached_oap()
+                    || causes(s).any(|e| {
+                        e.downcast_ref::<hyper::Error>()
+                            .is_some_and(|h| h.is_closed() || h.is_incomplete_message())
+                            || e.downcast_ref::<h2::Error>()
+                                .is_some_and(|h| h.is_go_away() || h.is_io())
+                            || e.is::<std::io::Error>()
+                    })
             }
         }
     }
@@ -73,6 +94,12 @@ impl CallError {
             CallError::Status(s) => s,
         }
     }
+}
+
+/// A status and every error behind it.
+fn causes(status: &Status) -> impl Iterator<Item = &(dyn std::error::Error + 'static)> {
+    let first: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(status);
+    std::iter::successors(first, |e| e.source())
 }
 
 fn request<T>(message: T, metadata: MetadataMap, timeout: Duration) -> Request<T> {

@@ -100,15 +100,19 @@ impl Node {
             .inc();
     }
 
-    /// A call found the connection closed or going away (GOAWAY): reconnect at once.
+    /// A call found the connection closed or going away (GOAWAY): stop using it and
+    /// reconnect at once; calls already on it finish there.
     pub fn connection_going_away(&self) {
+        if self.connection.swap(None).is_some() {
+            self.changed.send_modify(|v| *v += 1);
+        }
         self.reconnect.notify_one();
     }
 
     /// Records a failed call: counts against the node when the node is in trouble, and
     /// replaces the connection when the call raced its GOAWAY.
     pub fn record_error(&self, error: &CallError, policy: &Health) {
-        if error.never_reached_oap() {
+        if error.connection_broken() {
             self.connection_going_away();
         } else if error.is_transient() {
             self.record_failure(policy);
