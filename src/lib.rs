@@ -15,12 +15,16 @@
 //! - [`admin`]: `/metrics`, `/healthz`, `/readyz`; [`metrics`] defines every metric once.
 //! - [`peer`]: wires one peer together and runs its shutdown.
 //! - [`sink`]: satmesh's own fake OAP for tests, demos and benchmarks.
+//! - [`load`]: a synthetic agent fleet for `satmesh bench` and `satmesh demo`.
+//! - [`demo`]: `satmesh demo`, a sink, a peer and a fleet in one process.
 //! - [`config`]: the configuration reference.
 
 pub mod admin;
 pub mod codec;
 pub mod config;
+pub mod demo;
 pub mod frontdoor;
+pub mod load;
 pub mod metrics;
 pub mod peer;
 pub mod pipeline;

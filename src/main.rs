@@ -1,7 +1,9 @@
 //! The `satmesh` command line: `run`, `check-config`, `sink`.
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
@@ -31,6 +33,38 @@ enum Command {
     },
     /// Print the effective config (file + environment + defaults), or the error naming the bad key.
     CheckConfig { file: Option<PathBuf> },
+    /// Run a local demo: a fake OAP, a satmesh peer and a synthetic agent fleet.
+    Demo {
+        /// Synthetic agents (one HTTP/2 connection each).
+        #[arg(long, default_value_t = 20)]
+        agents: usize,
+        /// Stop after this long (e.g. 30s); runs until Ctrl-C otherwise.
+        #[arg(long, value_parser = humantime::parse_duration)]
+        duration: Option<Duration>,
+    },
+    /// Load a satmesh peer (or any OAP address) with synthetic agents and report figures.
+    Bench {
+        /// gRPC address to load.
+        #[arg(long)]
+        target: SocketAddr,
+        #[arg(long, default_value_t = 8)]
+        connections: usize,
+        /// Concurrent client-streams per connection.
+        #[arg(long, default_value_t = 2)]
+        streams: usize,
+        #[arg(long, default_value_t = 50)]
+        messages_per_call: usize,
+        /// Segment size in bytes.
+        #[arg(long, default_value_t = 300)]
+        size: usize,
+        #[arg(long, value_parser = humantime::parse_duration, default_value = "10s")]
+        duration: Duration,
+        #[arg(long)]
+        max_messages: Option<u64>,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Run satmesh's fake OAP: accepts every path, counts what it acknowledged.
     Sink {
         #[arg(long, default_value = "127.0.0.1:11800")]
@@ -117,6 +151,36 @@ fn main() -> ExitCode {
             init_logs(config.log.format, &config.log.filter);
             report(runtime().block_on(run(config)))
         }
+        Command::Demo { agents, duration } => {
+            init_logs(LogFormat::Text, "warn");
+            let stop = CancellationToken::new();
+            report(runtime().block_on(async move {
+                tokio::spawn(signals(stop.clone()));
+                satmesh::demo::run(satmesh::demo::DemoSpec { agents, duration }, stop).await
+            }))
+        }
+        Command::Bench {
+            target,
+            connections,
+            streams,
+            messages_per_call,
+            size,
+            duration,
+            max_messages,
+            json,
+        } => {
+            init_logs(LogFormat::Text, "warn");
+            let spec = satmesh::load::LoadSpec {
+                target,
+                connections,
+                streams_per_connection: streams,
+                messages_per_call,
+                message_bytes: size,
+                duration,
+                max_messages,
+            };
+            report(runtime().block_on(bench(spec, json)))
+        }
         Command::Sink {
             listen,
             admin,
@@ -168,6 +232,39 @@ async fn run(config: Config) -> anyhow::Result<()> {
     let stop = CancellationToken::new();
     tokio::spawn(signals(stop.clone()));
     satmesh::peer::run(config, listeners, async move { stop.cancelled().await }).await?;
+    Ok(())
+}
+
+async fn bench(spec: satmesh::load::LoadSpec, json: bool) -> anyhow::Result<()> {
+    use std::sync::atomic::Ordering;
+    let progress = std::sync::Arc::new(satmesh::load::Progress::default());
+    let stop = CancellationToken::new();
+    tokio::spawn(signals(stop.clone()));
+    let run = tokio::spawn(satmesh::load::run(spec, progress.clone(), stop));
+    let mut last = 0;
+    while !run.is_finished() {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let now = progress.messages.load(Ordering::Relaxed);
+        eprintln!(
+            "bench: {now} messages acknowledged ({}/s), {} errors",
+            now - last,
+            progress.errors.load(Ordering::Relaxed)
+        );
+        last = now;
+    }
+    let report = run.await?;
+    if json {
+        println!("{}", serde_json::to_string(&report)?);
+    } else {
+        println!(
+            "{} messages in {:.1} s: {:.0} messages/s, {} calls, errors {:?}",
+            report.messages,
+            report.seconds,
+            report.messages_per_second,
+            report.calls,
+            report.errors_by_status
+        );
+    }
     Ok(())
 }
 
