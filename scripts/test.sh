@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# The test command (README "Test it"; .ci/run runs exactly this). On a fresh machine it
+# installs what the tests need, then runs every test of the workspace:
+#   - protoc, which the real Rust agent's build (crates.io skywalking 0.10) needs;
+#   - cargo-nextest, if missing;
+#   - a Python venv with the real SkyWalking Python agent (apache-skywalking==1.2.0).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+if ! command -v protoc >/dev/null 2>&1; then
+    echo "test.sh: installing protobuf-compiler"
+    SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo"
+    $SUDO apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq protobuf-compiler >/dev/null
+fi
+if ! cargo nextest --version >/dev/null 2>&1; then
+    cargo install cargo-nextest --locked
+fi
+bash tests/agents/setup.sh
+# Build everything first (the Rust agent is a workspace member outside default-members),
+# so no test pays for compilation inside its time limit.
+cargo build --workspace --all-targets
+cargo nextest run --workspace --no-fail-fast "$@"
