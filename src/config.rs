@@ -297,7 +297,7 @@ impl Config {
             host_port("upstream.dns", dns)?;
         }
         self.weights()?;
-        for (protocol, _) in &self.routing.protocols {
+        for protocol in self.routing.protocols.keys() {
             if !crate::protocol::protocols().contains(&protocol.as_str()) {
                 return Err(invalid(
                     &format!("routing.protocols.{protocol}"),

@@ -106,7 +106,7 @@ impl Delivery {
             node.record_error(&error, &self.pool.health);
             if error.is_transient() {
                 failures += 1;
-                if failures == 1 || failures % 50 == 0 {
+                if failures == 1 || failures.is_multiple_of(50) {
                     warn!(node = %node.addr, path = method.path, events = events.len(), failures, error = %error, "batch failed, retrying on another node");
                 }
                 // Each node gets a try at once; after a full round, back off.

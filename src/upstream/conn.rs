@@ -122,7 +122,7 @@ pub async fn manage(node: Arc<Node>, settings: ConnectSettings, stop: Cancellati
                 failures = failures.saturating_add(1);
                 node.record_connect_failure();
                 let wait = backoff(failures, settings.backoff_min, settings.backoff_max);
-                if failures == 1 || failures % 20 == 0 {
+                if failures == 1 || failures.is_multiple_of(20) {
                     warn!(node = %node.addr, error = %e, attempts = failures, retry_in = ?wait, "upstream connect failed");
                 }
                 tokio::select! {
