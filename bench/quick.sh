@@ -4,6 +4,9 @@
 # CPU time per forwarded event, read from /proc/PID/stat (utime + stime).
 #
 #   bench/quick.sh [SIZE_BYTES] [SECONDS] [CONNECTIONS] [STREAMS]
+# CALL_INTERVAL=10ms paces each stream (a moderate load, for the latency figure).
+# The delivery latency (queued -> acknowledged by the OAP) is read from satmesh's
+# histogram: the figure is the upper bound of the bucket holding the quantile.
 set -euo pipefail
 SIZE=${1:-300}; SECS=${2:-10}; CONNS=${3:-8}; STREAMS=${4:-2}
 cd "$(dirname "$0")/.."
@@ -17,7 +20,7 @@ until grep -q listening "$work/sink.out" 2>/dev/null; do sleep 0.05; done
 read -r SINK_GRPC SINK_ADMIN < <(sed -E 's/.*grpc=([^ ]+) admin=([^ ]+).*/\1 \2/' "$work/sink.out")
 
 SATMESH__SERVER__LISTEN=127.0.0.1:0 SATMESH__ADMIN__LISTEN=127.0.0.1:0 \
-SATMESH__UPSTREAM__STATIC=$SINK_GRPC $BIN run --config config/satmesh.yaml >"$work/peer.out" 2>"$work/peer.err" &
+SATMESH__UPSTREAM__STATIC=$SINK_GRPC $BIN run --config "${CONFIG:-config/satmesh.yaml}" >"$work/peer.out" 2>"$work/peer.err" &
 PEER=$!
 until grep -q listening "$work/peer.out" 2>/dev/null; do sleep 0.05; done
 read -r PEER_GRPC PEER_ADMIN < <(sed -E 's/.*grpc=([^ ]+) admin=([^ ]+).*/\1 \2/' "$work/peer.out")
@@ -30,14 +33,17 @@ arrived() { curl -s "http://$SINK_ADMIN/counts" | python3 -c 'import json,sys; p
 $BIN bench --target "$PEER_GRPC" --connections "$CONNS" --streams "$STREAMS" --size "$SIZE" --duration 2s >/dev/null 2>&1
 sleep 0.5
 c0=$(cpu $PEER); s0=$(cpu $SINK); a0=$(arrived); t0=$(date +%s.%N)
-$BIN bench --target "$PEER_GRPC" --connections "$CONNS" --streams "$STREAMS" --size "$SIZE" --duration "${SECS}s" --json >"$work/bench.json" 2>/dev/null &
+curl -s "http://$PEER_ADMIN/metrics" >"$work/m0"
+$BIN bench --target "$PEER_GRPC" --connections "$CONNS" --streams "$STREAMS" --size "$SIZE" \
+    --duration "${SECS}s" --call-interval "${CALL_INTERVAL:-0s}" --json >"$work/bench.json" 2>/dev/null &
 BENCH=$!
 wait $BENCH
 # Let the last batches land.
 sleep 0.5
 c1=$(cpu $PEER); s1=$(cpu $SINK); a1=$(arrived); t1=$(date +%s.%N)
-python3 - "$c0" "$c1" "$s0" "$s1" "$a0" "$a1" "$t0" "$t1" "$work/bench.json" "$SIZE" "$CONNS" "$STREAMS" <<'PY'
-import json, sys
+curl -s "http://$PEER_ADMIN/metrics" >"$work/m1"
+python3 - "$c0" "$c1" "$s0" "$s1" "$a0" "$a1" "$t0" "$t1" "$work/bench.json" "$SIZE" "$CONNS" "$STREAMS" "$work/m0" "$work/m1" <<'PY'
+import json, re, sys
 c0, c1, s0, s1, a0, a1, t0, t1 = map(float, sys.argv[1:9])
 bench = json.load(open(sys.argv[9]))
 size, conns, streams = sys.argv[10:13]
@@ -47,4 +53,21 @@ print(f"acknowledged to agents: {bench['messages']} ({bench['messages_per_second
 print(f"arrived at the sink:    {events:.0f} ({events / bench['seconds']:.0f} events/s)")
 print(f"satmesh CPU: {c1 - c0:.2f} s = {(c1 - c0) / events * 1e6:.2f} us per forwarded event")
 print(f"sink CPU:    {s1 - s0:.2f} s = {(s1 - s0) / events * 1e6:.2f} us per received event")
+
+def buckets(path):
+    out = {}
+    for line in open(path):
+        m = re.match(r'satmesh_delivery_latency_seconds_bucket\{le="([^"]+)"\} (\d+)', line)
+        if m:
+            out[float(m.group(1))] = int(m.group(2))
+    return out
+b0, b1 = buckets(sys.argv[13]), buckets(sys.argv[14])
+delta = sorted((le, b1[le] - b0.get(le, 0)) for le in b1)
+total = delta[-1][1] if delta else 0
+def quantile(q):
+    for le, n in delta:
+        if n >= q * total:
+            return f"<= {le * 1000:g} ms"
+    return "n/a"
+print(f"delivery latency (queued -> OAP ack): p50 {quantile(0.5)}, p99 {quantile(0.99)}, p999 {quantile(0.999)}")
 PY

@@ -75,6 +75,7 @@ pub async fn run(spec: DemoSpec, stop: CancellationToken) -> anyhow::Result<()> 
                 .duration
                 .unwrap_or(Duration::from_secs(365 * 24 * 3600)),
             max_messages: None,
+            call_interval: Duration::ZERO,
         },
         progress.clone(),
         load_stop.clone(),

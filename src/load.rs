@@ -58,6 +58,8 @@ pub struct LoadSpec {
     pub duration: Duration,
     /// Stop after this many messages in all (whichever of this and `duration` comes first).
     pub max_messages: Option<u64>,
+    /// Pause between two calls of one stream (zero: as fast as answers come back).
+    pub call_interval: Duration,
 }
 
 /// Live counters while the load runs.
@@ -107,6 +109,7 @@ pub async fn run(spec: LoadSpec, progress: Arc<Progress>, stop: CancellationToke
         for _ in 0..spec.streams_per_connection {
             let mut grpc = tonic::client::Grpc::new(channel.clone());
             let payloads = payloads.clone();
+            let call_interval = spec.call_interval;
             let (progress, budget, errors, stop) = (
                 progress.clone(),
                 budget.clone(),
@@ -146,6 +149,9 @@ pub async fn run(spec: LoadSpec, progress: Arc<Progress>, stop: CancellationToke
                     match result {
                         Ok(_) => {
                             progress.messages.fetch_add(n, Ordering::Relaxed);
+                            if !call_interval.is_zero() {
+                                tokio::time::sleep(call_interval).await;
+                            }
                         }
                         Err(status) => {
                             progress.errors.fetch_add(1, Ordering::Relaxed);

@@ -61,6 +61,9 @@ enum Command {
         duration: Duration,
         #[arg(long)]
         max_messages: Option<u64>,
+        /// Pause between two calls of one stream, e.g. 10ms (default: none, full speed).
+        #[arg(long, value_parser = humantime::parse_duration, default_value = "0s")]
+        call_interval: Duration,
         /// Print the report as JSON.
         #[arg(long)]
         json: bool,
@@ -167,6 +170,7 @@ fn main() -> ExitCode {
             size,
             duration,
             max_messages,
+            call_interval,
             json,
         } => {
             init_logs(LogFormat::Text, "warn");
@@ -178,6 +182,7 @@ fn main() -> ExitCode {
                 message_bytes: size,
                 duration,
                 max_messages,
+                call_interval,
             };
             report(runtime().block_on(bench(spec, json)))
         }
