@@ -283,12 +283,19 @@ impl Config {
                 "must be between 1 and 4294967295",
             ));
         }
-        if self.server.stream_window_bytes < 65_535 || self.server.connection_window_bytes < 65_535
-        {
-            return Err(invalid(
+        for (key, value) in [
+            (
                 "server.stream_window_bytes",
-                "HTTP/2 windows are at least 65535",
-            ));
+                self.server.stream_window_bytes,
+            ),
+            (
+                "server.connection_window_bytes",
+                self.server.connection_window_bytes,
+            ),
+        ] {
+            if value < 65_535 {
+                return Err(invalid(key, "HTTP/2 windows are at least 65535"));
+            }
         }
         for node in &self.upstream.static_nodes {
             host_port("upstream.static", node)?;
@@ -315,6 +322,7 @@ impl Config {
             ("pipeline.batch_size", p.batch_size),
             ("pipeline.senders", p.senders),
             ("pipeline.max_inflight_batches", p.max_inflight_batches),
+            ("pipeline.max_rejections", p.max_rejections as usize),
         ] {
             if value == 0 {
                 return Err(invalid(key, "must be at least 1"));
@@ -323,13 +331,25 @@ impl Config {
         if p.flush_interval.is_zero() {
             return Err(invalid("pipeline.flush_interval", "must be more than 0"));
         }
-        if self.upstream.backoff_min.is_zero()
-            || self.upstream.backoff_max < self.upstream.backoff_min
-        {
+        if self.upstream.backoff_min.is_zero() {
+            return Err(invalid("upstream.backoff_min", "must be more than 0"));
+        }
+        if self.upstream.backoff_max < self.upstream.backoff_min {
             return Err(invalid(
                 "upstream.backoff_max",
-                "need 0 < backoff_min <= backoff_max",
+                "must be at least upstream.backoff_min",
             ));
+        }
+        if let Some(token) = &self.upstream.token
+            && http::HeaderValue::from_str(token).is_err()
+        {
+            return Err(invalid(
+                "upstream.token",
+                "not a valid gRPC metadata value (visible ASCII)",
+            ));
+        }
+        if self.upstream.eject_after == 0 {
+            return Err(invalid("upstream.eject_after", "must be at least 1"));
         }
         if self.shutdown.deadline < self.shutdown.connection_grace {
             return Err(invalid(
@@ -496,6 +516,20 @@ mod tests {
         );
         assert!(
             error_of(&[("SATMESH__PIPELINE__FLUSH_INTERVAL", "soon")]).contains("flush_interval")
+        );
+        assert!(
+            error_of(&[("SATMESH__SERVER__CONNECTION_WINDOW_BYTES", "100")])
+                .contains("server.connection_window_bytes")
+        );
+        assert!(
+            error_of(&[("SATMESH__UPSTREAM__BACKOFF_MIN", "0s")]).contains("upstream.backoff_min")
+        );
+        assert!(
+            error_of(&[("SATMESH__UPSTREAM__TOKEN", "bad\u{1}token")]).contains("upstream.token")
+        );
+        assert!(
+            error_of(&[("SATMESH__PIPELINE__MAX_REJECTIONS", "0")])
+                .contains("pipeline.max_rejections")
         );
     }
 

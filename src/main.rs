@@ -129,10 +129,10 @@ fn main() -> ExitCode {
     match cli.command {
         Command::CheckConfig { file } => match Config::load(file.as_deref(), None) {
             Ok(config) => {
-                println!(
-                    "{}",
-                    serde_json::to_string_pretty(&config).expect("config serializes")
-                );
+                use std::io::Write;
+                let text = serde_json::to_string_pretty(&config).expect("config serializes");
+                // A closed pipe (`| head`) is not worth a panic.
+                let _ = writeln!(std::io::stdout(), "{text}");
                 ExitCode::SUCCESS
             }
             Err(e) => {
