@@ -38,8 +38,12 @@ $BIN bench --target "$PEER_GRPC" --connections "$CONNS" --streams "$STREAMS" --s
     --duration "${SECS}s" --call-interval "${CALL_INTERVAL:-0s}" --json >"$work/bench.json" 2>/dev/null &
 BENCH=$!
 wait $BENCH
-# Let the last batches land.
-sleep 0.5
+# Let everything acknowledged land before the second CPU sample: that work is theirs.
+acked=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["messages"])' "$work/bench.json")
+for _ in $(seq 600); do
+    [ $(( $(arrived) - a0 )) -ge "$acked" ] && break
+    sleep 0.05
+done
 c1=$(cpu $PEER); s1=$(cpu $SINK); a1=$(arrived); t1=$(date +%s.%N)
 curl -s "http://$PEER_ADMIN/metrics" >"$work/m1"
 python3 - "$c0" "$c1" "$s0" "$s1" "$a0" "$a1" "$t0" "$t1" "$work/bench.json" "$SIZE" "$CONNS" "$STREAMS" "$work/m0" "$work/m1" <<'PY'
