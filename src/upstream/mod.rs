@@ -59,6 +59,30 @@ pub struct Node {
 }
 
 impl Node {
+    fn new(
+        addr: SocketAddr,
+        weight: u32,
+        epoch: Instant,
+        metrics: Arc<Metrics>,
+        changed: watch::Sender<u64>,
+    ) -> Node {
+        Node {
+            addr,
+            label: addr.to_string(),
+            weight,
+            connection: ArcSwapOption::empty(),
+            failures: AtomicU32::new(0),
+            set_aside_until: AtomicU64::new(0),
+            epoch,
+            metrics,
+            changed,
+            reconnect: tokio::sync::Notify::new(),
+            origin: format!("http://{addr}")
+                .parse()
+                .expect("a socket address is a valid authority"),
+        }
+    }
+
     pub fn is_connected(&self) -> bool {
         self.connection
             .load()
@@ -103,10 +127,12 @@ impl Node {
     /// A call found the connection closed or going away (GOAWAY): stop using it and
     /// reconnect at once; calls already on it finish there.
     pub fn connection_going_away(&self) {
+        // Only a connection in use is replaced: a stored notification would otherwise
+        // drop the next fresh connection as soon as it is made.
         if self.connection.swap(None).is_some() {
             self.changed.send_modify(|v| *v += 1);
+            self.reconnect.notify_one();
         }
-        self.reconnect.notify_one();
     }
 
     /// Records a failed call: counts against the node when the node is in trouble, and
@@ -187,6 +213,67 @@ struct View {
     weighted: Schedule,
 }
 
+impl View {
+    fn new(nodes: Vec<Arc<Node>>) -> View {
+        let weights: Vec<u32> = nodes.iter().map(|n| n.weight).collect();
+        View {
+            round_robin: Schedule::round_robin(nodes.len()),
+            weighted: Schedule::smooth_weighted(&weights),
+            nodes,
+        }
+    }
+}
+
+/// What the selector reads of a node; a trait so the selection runs on plain values in tests.
+trait Candidate {
+    fn address(&self) -> SocketAddr;
+    fn connected(&self) -> bool;
+    fn set_aside(&self) -> bool;
+}
+
+impl Candidate for Arc<Node> {
+    fn address(&self) -> SocketAddr {
+        self.addr
+    }
+
+    fn connected(&self) -> bool {
+        self.is_connected()
+    }
+
+    fn set_aside(&self) -> bool {
+        self.is_set_aside()
+    }
+}
+
+/// The `start`-th eligible node of `schedule` (connected, not `avoid`, not set aside),
+/// counting only eligible entries so a skipped node's share is spread evenly over the
+/// others rather than landing on its successor; else the first connected node from
+/// `start` that is `avoid` or set aside; None when none is connected.
+fn choose<'a, N: Candidate>(
+    nodes: &'a [N],
+    schedule: &Schedule,
+    start: usize,
+    avoid: Option<SocketAddr>,
+) -> Option<&'a N> {
+    let eligible =
+        |node: &N| node.connected() && Some(node.address()) != avoid && !node.set_aside();
+    let count = schedule
+        .iter_from(0)
+        .filter(|&i| eligible(&nodes[i]))
+        .count();
+    if count > 0 {
+        return schedule
+            .iter_from(0)
+            .map(|i| &nodes[i])
+            .filter(|n| eligible(n))
+            .nth(start % count);
+    }
+    schedule
+        .iter_from(start)
+        .map(|i| &nodes[i])
+        .find(|n| n.connected())
+}
+
 /// The OAP pool.
 pub struct Pool {
     view: ArcSwap<View>,
@@ -244,21 +331,13 @@ impl Pool {
             if managers.contains_key(&addr) {
                 continue;
             }
-            let node = Arc::new(Node {
+            let node = Arc::new(Node::new(
                 addr,
-                label: addr.to_string(),
                 weight,
-                connection: ArcSwapOption::empty(),
-                failures: AtomicU32::new(0),
-                set_aside_until: AtomicU64::new(0),
-                epoch: self.epoch,
-                metrics: self.metrics.clone(),
-                changed: self.changed.clone(),
-                reconnect: tokio::sync::Notify::new(),
-                origin: format!("http://{addr}")
-                    .parse()
-                    .expect("a socket address is a valid authority"),
-            });
+                self.epoch,
+                self.metrics.clone(),
+                self.changed.clone(),
+            ));
             self.metrics
                 .upstream_up
                 .with_label_values(&[&node.label])
@@ -275,12 +354,7 @@ impl Pool {
         }
         if changed {
             let nodes: Vec<Arc<Node>> = managers.values().map(|(n, _)| n.clone()).collect();
-            let weights: Vec<u32> = nodes.iter().map(|n| n.weight).collect();
-            self.view.store(Arc::new(View {
-                round_robin: Schedule::round_robin(nodes.len()),
-                weighted: Schedule::smooth_weighted(&weights),
-                nodes,
-            }));
+            self.view.store(Arc::new(View::new(nodes)));
             self.changed.send_modify(|v| *v += 1);
         }
     }
@@ -311,23 +385,409 @@ impl Pool {
             RoutePolicy::Weighted => (&view.weighted, &self.cursors[1]),
         };
         let start = cursor.fetch_add(1, Ordering::Relaxed);
-        let mut fallback: Option<&Arc<Node>> = None;
-        for index in schedule.iter_from(start) {
-            let node = &view.nodes[index];
-            if !node.is_connected() {
-                continue;
-            }
-            if Some(node.addr) == avoid || node.is_set_aside() {
-                fallback.get_or_insert(node);
-                continue;
-            }
-            return Some(node.clone());
-        }
-        fallback.cloned()
+        choose(&view.nodes, schedule, start, avoid).cloned()
     }
 
     /// Resolves when a node connects, disconnects, joins or leaves.
     pub fn subscribe(&self) -> watch::Receiver<u64> {
         self.changed.subscribe()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::convert::Infallible;
+
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+
+    use super::*;
+
+    /// A live HTTP/2 connection to `serve` over an in-memory pipe: a node can be
+    /// connected without a socket.
+    pub(super) async fn h2_pipe<F, Fut>(serve: F) -> SendRequest<tonic::body::Body>
+    where
+        F: Fn(http::Request<hyper::body::Incoming>) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = http::Response<tonic::body::Body>> + Send + 'static,
+    {
+        h2_pipe_with_server(serve).await.0
+    }
+
+    /// `h2_pipe`, also handing out the server side so a test can cut the connection.
+    pub(super) async fn h2_pipe_with_server<F, Fut>(
+        serve: F,
+    ) -> (SendRequest<tonic::body::Body>, tokio::task::AbortHandle)
+    where
+        F: Fn(http::Request<hyper::body::Incoming>) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = http::Response<tonic::body::Body>> + Send + 'static,
+    {
+        let (client, server) = tokio::io::duplex(1 << 20);
+        let service = hyper::service::service_fn(move |req| {
+            let answer = serve(req);
+            async move { Ok::<_, Infallible>(answer.await) }
+        });
+        let server = tokio::spawn(async move {
+            let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                .serve_connection(TokioIo::new(server), service)
+                .await;
+        });
+        let (sender, conn) =
+            hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(client))
+                .await
+                .expect("in-memory http/2 handshake");
+        tokio::spawn(conn);
+        (sender, server.abort_handle())
+    }
+
+    /// A node from the pool's own constructor, not connected and with no manager task.
+    pub(super) fn node(pool: &Pool, port: u16, weight: u32) -> Arc<Node> {
+        Arc::new(Node::new(
+            SocketAddr::from(([127, 0, 0, 1], port)),
+            weight,
+            pool.epoch,
+            pool.metrics.clone(),
+            pool.changed.clone(),
+        ))
+    }
+
+    async fn connect(node: &Node) {
+        let sender = h2_pipe(|_| async { http::Response::new(tonic::body::Body::empty()) }).await;
+        node.set_connection(Some(sender));
+        assert!(node.is_connected());
+    }
+
+    fn health(eject_after: u32) -> Health {
+        Health {
+            eject_after,
+            backoff_min: Duration::from_secs(10),
+            backoff_max: Duration::from_secs(60),
+        }
+    }
+
+    fn pool() -> Arc<Pool> {
+        let settings = ConnectSettings {
+            connect_timeout: Duration::from_secs(1),
+            backoff_min: Duration::from_millis(100),
+            backoff_max: Duration::from_secs(5),
+        };
+        Pool::new(settings, health(3), Arc::new(Metrics::new()))
+    }
+
+    /// Installs `nodes` as the pool's view, as `set_members` would, minus the managers.
+    fn install(pool: &Pool, nodes: &[Arc<Node>]) {
+        pool.view.store(Arc::new(View::new(nodes.to_vec())));
+    }
+
+    /// A node as `choose` sees it.
+    #[derive(Clone, Copy, Debug)]
+    struct Fake {
+        port: u16,
+        connected: bool,
+        set_aside: bool,
+    }
+
+    impl Candidate for Fake {
+        fn address(&self) -> SocketAddr {
+            SocketAddr::from(([10, 0, 0, 1], self.port))
+        }
+
+        fn connected(&self) -> bool {
+            self.connected
+        }
+
+        fn set_aside(&self) -> bool {
+            self.set_aside
+        }
+    }
+
+    const UP: (bool, bool) = (true, false);
+    const DOWN: (bool, bool) = (false, false);
+    const ASIDE: (bool, bool) = (true, true);
+    const DOWN_ASIDE: (bool, bool) = (false, true);
+
+    fn fakes(states: &[(bool, bool)]) -> Vec<Fake> {
+        states
+            .iter()
+            .enumerate()
+            .map(|(i, &(connected, set_aside))| Fake {
+                port: i as u16,
+                connected,
+                set_aside,
+            })
+            .collect()
+    }
+
+    /// The port (= index) `choose` returns over a round-robin schedule.
+    fn chosen(states: &[(bool, bool)], start: usize, avoid: Option<u16>) -> Option<u16> {
+        let nodes = fakes(states);
+        let avoid = avoid.map(|p| SocketAddr::from(([10, 0, 0, 1], p)));
+        choose(&nodes, &Schedule::round_robin(nodes.len()), start, avoid).map(|n| n.port)
+    }
+
+    #[test]
+    fn choose_follows_the_schedule_from_the_cursor() {
+        assert_eq!(chosen(&[UP, UP, UP], 0, None), Some(0));
+        assert_eq!(chosen(&[UP, UP, UP], 1, None), Some(1));
+        assert_eq!(chosen(&[UP, UP, UP], 5, None), Some(2));
+    }
+
+    #[test]
+    fn a_skipped_node_share_is_spread_over_the_others() {
+        let picks: Vec<_> = (0..6)
+            .map(|start| chosen(&[UP, DOWN, UP], start, None))
+            .collect();
+        assert_eq!(
+            picks,
+            [Some(0), Some(2), Some(0), Some(2), Some(0), Some(2)]
+        );
+    }
+
+    #[test]
+    fn choose_skips_nodes_that_are_not_connected() {
+        assert_eq!(chosen(&[DOWN, DOWN, UP], 0, None), Some(2));
+        assert_eq!(chosen(&[UP, DOWN, DOWN], 1, None), Some(0));
+    }
+
+    #[test]
+    fn choose_prefers_a_healthy_node_over_avoid_and_set_aside() {
+        assert_eq!(chosen(&[UP, UP], 0, Some(0)), Some(1));
+        assert_eq!(chosen(&[ASIDE, UP], 0, None), Some(1));
+        assert_eq!(chosen(&[ASIDE, UP, UP], 0, Some(1)), Some(2));
+    }
+
+    #[test]
+    fn choose_falls_back_to_a_connected_avoided_or_set_aside_node() {
+        assert_eq!(chosen(&[UP, DOWN], 0, Some(0)), Some(0));
+        assert_eq!(chosen(&[DOWN, ASIDE], 0, None), Some(1));
+        // The first fallback in schedule order from the cursor.
+        assert_eq!(chosen(&[ASIDE, ASIDE, DOWN], 1, None), Some(1));
+        assert_eq!(chosen(&[ASIDE, UP, DOWN], 0, Some(1)), Some(0));
+        // A set-aside node that is not connected is no fallback.
+        assert_eq!(chosen(&[DOWN_ASIDE, UP], 0, Some(1)), Some(1));
+    }
+
+    #[test]
+    fn choose_gives_none_when_nothing_is_connected() {
+        assert_eq!(chosen(&[DOWN, DOWN_ASIDE], 0, Some(0)), None);
+        assert_eq!(chosen(&[], 3, None), None);
+    }
+
+    #[test]
+    fn choose_follows_weights_over_a_cycle() {
+        let nodes = fakes(&[UP, UP]);
+        let schedule = Schedule::smooth_weighted(&[3, 1]);
+        let mut picks = [0; 2];
+        for start in 0..400 {
+            let n = choose(&nodes, &schedule, start, None).unwrap();
+            picks[usize::from(n.port)] += 1;
+        }
+        assert_eq!(picks, [300, 100]);
+    }
+
+    #[tokio::test]
+    async fn pick_returns_none_until_a_node_connects() {
+        let pool = pool();
+        assert!(pool.pick(RoutePolicy::RoundRobin, None).is_none());
+        let a = node(&pool, 1, 1);
+        let b = node(&pool, 2, 1);
+        install(&pool, &[a.clone(), b.clone()]);
+        assert!(pool.pick(RoutePolicy::RoundRobin, None).is_none());
+        assert!(pool.pick(RoutePolicy::Weighted, None).is_none());
+        assert!(!pool.any_connected());
+
+        connect(&b).await;
+        assert!(pool.any_connected());
+        for _ in 0..4 {
+            let picked = pool.pick(RoutePolicy::RoundRobin, None).unwrap();
+            assert_eq!(picked.addr, b.addr);
+        }
+    }
+
+    #[tokio::test]
+    async fn pick_round_robins_and_weights_connected_nodes() {
+        let pool = pool();
+        let a = node(&pool, 1, 3);
+        let b = node(&pool, 2, 1);
+        install(&pool, &[a.clone(), b.clone()]);
+        connect(&a).await;
+        connect(&b).await;
+
+        let count = |policy: RoutePolicy, picks: usize| {
+            let mut on_a = 0;
+            for _ in 0..picks {
+                if pool.pick(policy, None).unwrap().addr == a.addr {
+                    on_a += 1;
+                }
+            }
+            on_a
+        };
+        assert_eq!(count(RoutePolicy::Weighted, 400), 300);
+        assert_eq!(count(RoutePolicy::RoundRobin, 400), 200);
+    }
+
+    #[tokio::test]
+    async fn pick_avoids_a_node_unless_it_is_the_only_one_connected() {
+        let pool = pool();
+        let a = node(&pool, 1, 1);
+        let b = node(&pool, 2, 1);
+        install(&pool, &[a.clone(), b.clone()]);
+        connect(&a).await;
+        for _ in 0..4 {
+            assert_eq!(
+                pool.pick(RoutePolicy::RoundRobin, Some(a.addr))
+                    .unwrap()
+                    .addr,
+                a.addr
+            );
+        }
+        connect(&b).await;
+        for _ in 0..4 {
+            assert_eq!(
+                pool.pick(RoutePolicy::RoundRobin, Some(a.addr))
+                    .unwrap()
+                    .addr,
+                b.addr
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn pick_passes_over_a_set_aside_node() {
+        let pool = pool();
+        let a = node(&pool, 1, 1);
+        let b = node(&pool, 2, 1);
+        install(&pool, &[a.clone(), b.clone()]);
+        connect(&a).await;
+        connect(&b).await;
+        for _ in 0..3 {
+            a.record_failure(&pool.health);
+        }
+        assert!(a.is_connected() && !a.is_healthy());
+        for _ in 0..4 {
+            assert_eq!(
+                pool.pick(RoutePolicy::RoundRobin, None).unwrap().addr,
+                b.addr
+            );
+        }
+        a.record_success();
+        let picked: Vec<_> = (0..4)
+            .map(|_| pool.pick(RoutePolicy::RoundRobin, None).unwrap().addr)
+            .collect();
+        assert!(picked.contains(&a.addr), "{picked:?}");
+    }
+
+    #[tokio::test]
+    async fn failures_set_a_node_aside_and_a_success_clears_it() {
+        let pool = pool();
+        let n = node(&pool, 1, 1);
+        connect(&n).await;
+        let policy = health(3);
+        let failures = || {
+            n.metrics
+                .upstream_failures
+                .with_label_values(&[&n.label])
+                .get()
+        };
+        let up = || n.metrics.upstream_up.with_label_values(&[&n.label]).get();
+
+        n.record_failure(&policy);
+        n.record_failure(&policy);
+        assert!(n.is_healthy(), "two failures are below eject_after");
+        assert_eq!(up(), 1);
+
+        let before = n.now_ms();
+        n.record_failure(&policy);
+        assert!(!n.is_healthy() && n.is_connected());
+        assert_eq!(failures(), 3);
+        assert_eq!(up(), 0);
+        // The first set-aside lasts backoff_min, give or take the jitter.
+        let until = n.set_aside_until.load(Ordering::Relaxed);
+        assert!(until >= before + 8_000, "{until} vs {before}");
+        assert!(until <= n.now_ms() + 12_000, "{until}");
+
+        n.record_success();
+        assert!(n.is_healthy());
+        assert_eq!(up(), 1);
+        // The count starts over: it takes eject_after failures again.
+        n.record_failure(&policy);
+        n.record_failure(&policy);
+        assert!(n.is_healthy());
+        n.record_failure(&policy);
+        assert!(!n.is_healthy());
+    }
+
+    #[tokio::test]
+    async fn record_error_sorts_errors_by_what_they_say() {
+        let pool = pool();
+        let n = node(&pool, 1, 1);
+        connect(&n).await;
+        let policy = health(1);
+
+        // The OAP's own verdict says nothing about the node.
+        n.record_error(
+            &CallError::Status(tonic::Status::invalid_argument("bad")),
+            &policy,
+        );
+        assert!(n.is_healthy());
+
+        // A transient failure counts against it.
+        n.record_error(&CallError::Timeout, &policy);
+        assert!(n.is_connected() && !n.is_healthy());
+        n.record_success();
+
+        // A broken connection is dropped rather than counted.
+        let mut changes = pool.subscribe();
+        changes.borrow_and_update();
+        n.record_error(&CallError::NotConnected, &policy);
+        assert!(!n.is_connected());
+        assert_eq!(n.failures.load(Ordering::Relaxed), 0);
+        assert!(changes.has_changed().unwrap());
+    }
+
+    #[tokio::test]
+    async fn a_new_connection_clears_failures() {
+        let pool = pool();
+        let n = node(&pool, 1, 1);
+        connect(&n).await;
+        let policy = health(1);
+        n.record_failure(&policy);
+        assert!(!n.is_healthy());
+        connect(&n).await;
+        assert!(n.is_healthy());
+        assert_eq!(n.failures.load(Ordering::Relaxed), 0);
+    }
+
+    #[test]
+    fn backoff_grows_from_min_and_stays_within_jitter_of_max() {
+        let min = Duration::from_millis(100);
+        let max = Duration::from_secs(5);
+        for attempt in 0..40u32 {
+            // 100ms, 200ms, 400ms, ... capped at 5s; attempt 0 counts as the first.
+            let doubling = 1u64 << attempt.saturating_sub(1).min(16);
+            let base = (min.as_millis() as u64 * doubling).min(max.as_millis() as u64);
+            for _ in 0..50 {
+                let wait = backoff(attempt, min, max).as_secs_f64() * 1000.0;
+                let base = base as f64;
+                assert!(
+                    wait >= base * 0.8 - 1e-6 && wait <= base * 1.2 + 1e-6,
+                    "attempt {attempt}: {wait}ms vs base {base}ms"
+                );
+                assert!(wait >= 80.0 - 1e-6, "never below min*0.8");
+                assert!(wait <= 6000.0 + 1e-6, "never above max*1.2");
+            }
+        }
+    }
+
+    #[test]
+    fn backoff_is_jittered() {
+        let waits: std::collections::BTreeSet<Duration> = (0..50)
+            .map(|_| backoff(3, Duration::from_millis(100), Duration::from_secs(5)))
+            .collect();
+        assert!(waits.len() > 1, "50 draws gave one value: {waits:?}");
+    }
+
+    #[test]
+    fn backoff_does_not_overflow_on_huge_inputs() {
+        let wait = backoff(u32::MAX, Duration::from_secs(1), Duration::MAX / 2);
+        assert!(wait >= Duration::from_secs(1));
     }
 }
