@@ -20,4 +20,7 @@ bash tests/agents/setup.sh
 # Build everything first (the Rust agent is a workspace member outside default-members),
 # so no test pays for compilation inside its time limit.
 cargo build --workspace --all-targets
+# The real-agent test builds its agent with exactly this command; features resolve
+# differently for one package than for the workspace, so build it here, once.
+cargo build -p satmesh-rust-agent
 cargo nextest run --workspace --no-fail-fast "$@"
