@@ -94,6 +94,8 @@ pub struct Upstream {
     /// How often `dns` (and host names in `static`) are resolved again.
     #[serde(with = "humantime_serde")]
     pub dns_refresh: Duration,
+    /// OAP pods found through the Kubernetes API, in addition to `static` and `dns`.
+    pub kubernetes: Option<KubernetesUpstream>,
     /// Weights for weighted routing, as `host:port=weight`; unlisted nodes weigh 1.
     pub weights: Vec<String>,
     /// Sent as `authentication` on every upstream call when set; otherwise each agent's own
@@ -123,6 +125,7 @@ impl Default for Upstream {
             static_nodes: Vec::new(),
             dns: None,
             dns_refresh: Duration::from_secs(10),
+            kubernetes: None,
             weights: Vec::new(),
             token: None,
             connect_timeout: Duration::from_secs(3),
@@ -131,6 +134,105 @@ impl Default for Upstream {
             eject_after: 3,
             backoff_min: Duration::from_millis(100),
             backoff_max: Duration::from_secs(5),
+        }
+    }
+}
+
+/// OAP pods found through the Kubernetes API: the ready endpoints of the EndpointSlices
+/// (discovery.k8s.io/v1) that `label_selector` picks in `namespace`, followed with a watch.
+/// The service account needs `list` and `watch` on `endpointslices` there.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct KubernetesUpstream {
+    /// Namespace of the EndpointSlices. Default: the pod's own namespace (its service
+    /// account's), else the kubeconfig context's, else `default`.
+    #[serde(default)]
+    pub namespace: Option<String>,
+    /// Required. Label selector of the EndpointSlices, e.g. `kubernetes.io/service-name=oap`
+    /// for the slices of the OAP Service.
+    #[serde(default)]
+    pub label_selector: String,
+    /// The OAP's port on every endpoint: a number, or the name of a port listed in the
+    /// slices (e.g. `grpc`). Default 11800.
+    #[serde(default)]
+    pub port: KubernetesPort,
+}
+
+/// A port number, or the name of a port looked up in each EndpointSlice's `ports`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(untagged)]
+pub enum KubernetesPort {
+    Number(u16),
+    Name(String),
+}
+
+impl Default for KubernetesPort {
+    fn default() -> Self {
+        KubernetesPort::Number(11800)
+    }
+}
+
+/// A number or a string; a string of digits is a number too (environment values, quoted
+/// YAML).
+impl<'de> Deserialize<'de> for KubernetesPort {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Number(i64),
+            Text(String),
+        }
+        let port = match Raw::deserialize(deserializer)? {
+            Raw::Number(n) => u16::try_from(n).ok().map(KubernetesPort::Number),
+            Raw::Text(text) => match text.trim().parse::<i64>() {
+                Ok(n) => u16::try_from(n).ok().map(KubernetesPort::Number),
+                Err(_) => Some(KubernetesPort::Name(text)),
+            },
+        };
+        port.ok_or_else(|| serde::de::Error::custom("port numbers are 1..=65535"))
+    }
+}
+
+impl KubernetesUpstream {
+    fn validate(&self) -> Result<(), ConfigError> {
+        if self.label_selector.trim().is_empty() {
+            return Err(invalid(
+                "upstream.kubernetes.label_selector",
+                "required when upstream.kubernetes is set, e.g. kubernetes.io/service-name=oap",
+            ));
+        }
+        // Names as Kubernetes has them: a namespace is a DNS label, a port name an
+        // IANA service name.
+        let lower = |s: &str| {
+            s.chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+        };
+        if let Some(namespace) = &self.namespace
+            && !((1..=63).contains(&namespace.len()) && lower(namespace))
+        {
+            return Err(invalid(
+                "upstream.kubernetes.namespace",
+                format!("`{namespace}` is not a namespace name (a-z, 0-9, '-'; at most 63)"),
+            ));
+        }
+        match &self.port {
+            KubernetesPort::Number(0) => Err(invalid(
+                "upstream.kubernetes.port",
+                "port numbers are 1..=65535",
+            )),
+            KubernetesPort::Name(name)
+                if !(1..=15).contains(&name.len())
+                    || !lower(name)
+                    || !name.chars().any(|c| c.is_ascii_lowercase()) =>
+            {
+                Err(invalid(
+                    "upstream.kubernetes.port",
+                    format!(
+                        "`{name}` is neither a port number nor a port name (a-z, 0-9, '-'; at most 15)"
+                    ),
+                ))
+            }
+            _ => Ok(()),
         }
     }
 }
@@ -144,6 +246,12 @@ pub enum RoutePolicy {
     RoundRobin,
     /// Every node in turn, in proportion to `upstream.weights`.
     Weighted,
+    /// The same service instance always to the same OAP node: the service and instance
+    /// of a call's first message are looked up on the consistent-hash ring that every
+    /// peer of the tier shares. The default of `meter`; possible for every protocol whose
+    /// messages carry a service and instance (`trace`, `log`, `meter`, `management`,
+    /// `jvm`, `clr`).
+    Fixed,
 }
 
 /// Which routing policy each protocol uses.
@@ -304,7 +412,26 @@ impl Config {
             host_port("upstream.dns", dns)?;
         }
         self.weights()?;
-        for protocol in self.routing.protocols.keys() {
+        if let Some(kubernetes) = &self.upstream.kubernetes {
+            kubernetes.validate()?;
+        }
+        if self.routing.default == RoutePolicy::Fixed {
+            return Err(invalid(
+                "routing.default",
+                "fixed is set per protocol (routing.protocols.NAME)",
+            ));
+        }
+        for (protocol, policy) in &self.routing.protocols {
+            let keyed = crate::protocol::METHODS
+                .iter()
+                .filter(|m| m.protocol == protocol)
+                .all(|m| m.payload.key_fields().is_some());
+            if *policy == RoutePolicy::Fixed && !keyed {
+                return Err(invalid(
+                    &format!("routing.protocols.{protocol}"),
+                    "fixed needs a service and instance in every message; this protocol's messages carry none",
+                ));
+            }
             if !crate::protocol::protocols().contains(&protocol.as_str()) {
                 return Err(invalid(
                     &format!("routing.protocols.{protocol}"),
@@ -362,10 +489,13 @@ impl Config {
 
     /// `run` needs somewhere to send data.
     pub fn require_upstream(&self) -> Result<(), ConfigError> {
-        if self.upstream.static_nodes.is_empty() && self.upstream.dns.is_none() {
+        if self.upstream.static_nodes.is_empty()
+            && self.upstream.dns.is_none()
+            && self.upstream.kubernetes.is_none()
+        {
             return Err(invalid(
                 "upstream.static",
-                "no OAP node: set upstream.static or upstream.dns",
+                "no OAP node: set upstream.static, upstream.dns or upstream.kubernetes",
             ));
         }
         Ok(())
@@ -399,11 +529,12 @@ impl Config {
     }
 
     pub fn route_policy(&self, protocol: &str) -> RoutePolicy {
-        self.routing
-            .protocols
-            .get(protocol)
-            .copied()
-            .unwrap_or(self.routing.default)
+        match self.routing.protocols.get(protocol) {
+            Some(policy) => *policy,
+            // Meter data keeps per-instance state in the OAP (rates, increases).
+            None if protocol == "meter" => RoutePolicy::Fixed,
+            None => self.routing.default,
+        }
     }
 
     pub fn server_addr(&self) -> SocketAddr {

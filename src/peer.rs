@@ -23,7 +23,7 @@ use crate::pipeline::delivery::Delivery;
 use crate::pipeline::{EventQueue, MemoryQueue};
 use crate::protocol::METHODS;
 use crate::upstream::conn::ConnectSettings;
-use crate::upstream::{Health, Pool, discovery};
+use crate::upstream::{Health, Pool, discovery, kubernetes};
 
 /// The listeners a peer serves on, bound by the caller (tests bind port 0).
 pub struct Listeners {
@@ -80,11 +80,16 @@ pub async fn run(
     let weights = config.weights()?;
     let sources = discovery::sources(&up.static_nodes, up.dns.as_deref(), &weights);
     let stop_discovery = CancellationToken::new();
+    let pods = match &up.kubernetes {
+        Some(k8s) => Some(kubernetes::spawn(k8s, stop_discovery.clone()).await?),
+        None => None,
+    };
     tokio::spawn(discovery::run(
         pool.clone(),
         sources,
         weights,
         up.dns_refresh,
+        pods,
         stop_discovery.clone(),
     ));
 
@@ -114,6 +119,7 @@ pub async fn run(
         backoff_min: up.backoff_min,
         backoff_max: up.backoff_max,
         abandon: abandon.clone(),
+        placement: None,
     });
     let max_inflight = config.pipeline.max_inflight_batches;
     let inflight = Arc::new(Semaphore::new(max_inflight));
@@ -125,6 +131,7 @@ pub async fn run(
             batch_size: config.pipeline.batch_size,
             flush_interval: config.pipeline.flush_interval,
             inflight: inflight.clone(),
+            placement: None,
         });
         senders.spawn(batcher.run());
     }

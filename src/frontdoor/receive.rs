@@ -9,7 +9,8 @@ use bytes::Bytes;
 use tonic::{Request, Response, Status, Streaming};
 
 use super::{State, refuse};
-use crate::pipeline::Event;
+use crate::config::RoutePolicy;
+use crate::pipeline::{Event, key_of};
 use crate::protocol::MethodId;
 
 pub async fn receive(
@@ -26,6 +27,9 @@ pub async fn receive(
             .get("authentication")
             .map(|v| Bytes::copy_from_slice(v.as_bytes())),
     };
+    let fixed = state.policies[usize::from(method)] == RoutePolicy::Fixed;
+    let payload_kind = crate::protocol::method(method).payload;
+    let mut key = None;
     let mut stream = req.into_inner();
     loop {
         let payload = match stream.message().await {
@@ -35,11 +39,16 @@ pub async fn receive(
         };
         m.messages_in.inc();
         m.bytes_in.inc_by(payload.len() as u64);
+        if fixed && key.is_none() {
+            // A call routes by its first message's service and instance.
+            key = key_of(payload_kind, &payload);
+        }
         let event = Event {
             method,
             auth: auth.clone(),
             payload,
             enqueued: Instant::now(),
+            key: key.clone(),
         };
         state
             .queue

@@ -11,7 +11,7 @@ use tokio::sync::Semaphore;
 use tokio::time::Instant;
 
 use super::queue::BoxFuture;
-use super::{Event, EventQueue, Lane};
+use super::{Event, EventQueue, Lane, Placement};
 
 /// Where a flushed batch goes: the delivery driver in a peer, a collector in tests.
 pub trait Deliver: Send + Sync + 'static {
@@ -36,6 +36,8 @@ pub struct Batcher {
     pub flush_interval: Duration,
     /// Permits for batches being delivered; all of them free means nothing in flight.
     pub inflight: Arc<Semaphore>,
+    /// The shared ring: events with a routing key are batched per owning node.
+    pub placement: Option<Arc<dyn Placement>>,
 }
 
 impl Batcher {
@@ -52,7 +54,12 @@ impl Batcher {
                 _ = tokio::time::sleep_until(due.unwrap_or_else(Instant::now)), if due.is_some() => true,
             };
             for event in popped.drain(..) {
-                let lane = event.lane();
+                let target = event
+                    .key
+                    .as_ref()
+                    .zip(self.placement.as_ref())
+                    .and_then(|(k, p)| p.place(k));
+                let lane = event.lane(target);
                 let pending = lanes.entry(lane.clone()).or_insert_with(|| Pending {
                     events: Vec::new(),
                     due: Instant::from_std(event.enqueued) + self.flush_interval,
@@ -117,6 +124,7 @@ mod tests {
             auth: auth.map(|a| Bytes::from_static(a.as_bytes())),
             payload: Bytes::from_static(b"x"),
             enqueued: Instant::now().into_std(),
+            key: None,
         }
     }
 
@@ -131,6 +139,7 @@ mod tests {
             batch_size,
             flush_interval: Duration::from_millis(20),
             inflight: Arc::new(Semaphore::new(4)),
+            placement: None,
         });
         tokio::spawn(batcher.run());
         rx

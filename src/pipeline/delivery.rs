@@ -5,6 +5,7 @@
 //! the shutdown deadline passed, or every try met an OAP that refused the data itself
 //! (a non-transient status such as INVALID_ARGUMENT), `pipeline.max_rejections` times.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -14,7 +15,7 @@ use tokio_util::sync::CancellationToken;
 use tonic::metadata::{MetadataMap, MetadataValue};
 use tracing::{error, warn};
 
-use super::{Event, EventQueue, Lane};
+use super::{Event, EventQueue, Lane, Placement};
 use crate::config::RoutePolicy;
 use crate::metrics::{DROP_REJECTED, DROP_SHUTDOWN, Metrics};
 use crate::protocol::{self, Shape};
@@ -34,6 +35,8 @@ pub struct Delivery {
     pub backoff_max: Duration,
     /// Fires at the shutdown deadline: what is still undelivered is counted as dropped.
     pub abandon: CancellationToken,
+    /// The shared ring, for events with a routing key (fixed routing).
+    pub placement: Option<Arc<dyn Placement>>,
 }
 
 /// How one attempt went.
@@ -59,12 +62,27 @@ impl Delivery {
     }
 
     /// Delivers `events` (one lane) or accounts for every one it could not.
-    pub async fn deliver(&self, lane: Lane, mut events: Vec<Event>) {
+    pub async fn deliver(&self, lane: Lane, events: Vec<Event>) {
+        self.metrics.batch_size.observe(events.len() as f64);
+        let fixed = self.placement.is_some() && events.first().is_some_and(|e| e.key.is_some());
+        // A fixed batch whose keys the ring has since moved splits; each part goes alone.
+        let mut work = vec![events];
+        while let Some(events) = work.pop() {
+            self.deliver_part(&lane, events, fixed, &mut work).await;
+        }
+    }
+
+    async fn deliver_part(
+        &self,
+        lane: &Lane,
+        mut events: Vec<Event>,
+        fixed: bool,
+        work: &mut Vec<Vec<Event>>,
+    ) {
         let method = protocol::method(lane.method);
         let m = self.metrics.method(lane.method);
         let metadata = self.metadata(lane.auth.as_ref());
         let policy = self.policies[usize::from(lane.method)];
-        self.metrics.batch_size.observe(events.len() as f64);
         let mut avoid = None;
         let mut failures = 0u32;
         let mut rejections = 0u32;
@@ -73,8 +91,17 @@ impl Delivery {
             if self.abandon.is_cancelled() {
                 return self.drop_all(&events, lane.method, DROP_SHUTDOWN);
             }
-            let Some(node) = self.pool.pick(policy, avoid) else {
-                // No node connected: wait for one, or for the backoff.
+            let node = if fixed {
+                let target = self.split_by_placement(&mut events, work);
+                target
+                    .and_then(|addr| self.pool.node(addr))
+                    .filter(|n| n.is_connected())
+            } else {
+                self.pool.pick(policy, avoid)
+            };
+            let Some(node) = node else {
+                // No node to send to (none connected, or the fixed target is down and the
+                // ring has not moved its keys yet): wait for a change, or for the backoff.
                 failures += 1;
                 tokio::select! {
                     _ = changes.changed() => {}
@@ -107,10 +134,11 @@ impl Delivery {
             if error.is_transient() {
                 failures += 1;
                 if failures == 1 || failures.is_multiple_of(50) {
-                    warn!(node = %node.addr, path = method.path, events = events.len(), failures, error = %error, "batch failed, retrying on another node");
+                    warn!(node = %node.addr, path = method.path, events = events.len(), failures, error = %error, "batch failed, retrying");
                 }
-                // Each node gets a try at once; after a full round, back off.
-                if failures as usize >= self.pool.nodes().len().max(1) {
+                // Each node gets a try at once; after a full round (or for a fixed
+                // target, after every failure), back off.
+                if fixed || failures as usize >= self.pool.nodes().len().max(1) {
                     tokio::select! {
                         _ = tokio::time::sleep(backoff(failures, self.backoff_min, self.backoff_max)) => {}
                         _ = self.abandon.cancelled() => {}
@@ -123,9 +151,32 @@ impl Delivery {
                     error!(node = %node.addr, path = method.path, events = events.len(), error = %error, "oap rejected the batch on every try, dropping it");
                     return self.drop_all(&events, lane.method, DROP_REJECTED);
                 }
-                warn!(node = %node.addr, path = method.path, error = %error, "oap rejected the batch, trying another node");
+                warn!(node = %node.addr, path = method.path, error = %error, "oap rejected the batch, trying again");
             }
         }
+    }
+
+    /// Places every event's key on the ring now: keeps in `events` those placed where the
+    /// first one is, moves the others to `work` (grouped by node), and returns the node.
+    fn split_by_placement(
+        &self,
+        events: &mut Vec<Event>,
+        work: &mut Vec<Vec<Event>>,
+    ) -> Option<SocketAddr> {
+        let placement = self.placement.as_ref()?;
+        let place = |e: &Event| e.key.as_ref().and_then(|k| placement.place(k));
+        let target = place(events.first()?);
+        if events.iter().all(|e| place(e) == target) {
+            return target;
+        }
+        let mut groups: std::collections::BTreeMap<Option<SocketAddr>, Vec<Event>> =
+            Default::default();
+        for e in events.drain(..) {
+            groups.entry(place(&e)).or_default().push(e);
+        }
+        *events = groups.remove(&target).unwrap_or_default();
+        work.extend(groups.into_values());
+        target
     }
 
     /// One try on one node. Delivered events leave `events` (and the queue).

@@ -11,6 +11,7 @@ pub mod batcher;
 pub mod delivery;
 pub mod queue;
 
+use std::net::SocketAddr;
 use std::time::Instant;
 
 use bytes::Bytes;
@@ -26,22 +27,56 @@ pub struct Event {
     /// The message exactly as the agent sent it.
     pub payload: Bytes,
     pub enqueued: Instant,
+    /// For fixed routing: the call's routing key (see [`route_key`]); None otherwise.
+    pub key: Option<Bytes>,
 }
 
-/// Events that may share one upstream call: same path, same token.
+/// Events that may share one upstream call: same path, same token, and for fixed
+/// routing the same OAP node.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct Lane {
     pub method: MethodId,
     pub auth: Option<Bytes>,
+    /// The node a fixed-routed batch must reach; None for round-robin and weighted.
+    pub target: Option<SocketAddr>,
 }
 
 impl Event {
-    pub fn lane(&self) -> Lane {
+    pub fn lane(&self, target: Option<SocketAddr>) -> Lane {
         Lane {
             method: self.method,
             auth: self.auth.clone(),
+            target,
         }
     }
+}
+
+/// Where a routing key goes: the shared ring in a peer.
+pub trait Placement: Send + Sync + 'static {
+    /// The OAP node that owns `key` now; None while no node is placed (empty ring).
+    fn place(&self, key: &[u8]) -> Option<SocketAddr>;
+}
+
+/// The routing key of a service instance: both names length-prefixed, so no pair of
+/// names can produce the key of another pair. Explicit bytes, the same on every peer.
+pub fn route_key(service: &str, instance: &str) -> Bytes {
+    let mut key = Vec::with_capacity(8 + service.len() + instance.len());
+    key.extend_from_slice(&(service.len() as u32).to_be_bytes());
+    key.extend_from_slice(service.as_bytes());
+    key.extend_from_slice(&(instance.len() as u32).to_be_bytes());
+    key.extend_from_slice(instance.as_bytes());
+    key.into()
+}
+
+/// The routing key of a call from its first message, when the message carries one.
+pub fn key_of(payload: crate::protocol::Payload, message: &[u8]) -> Option<Bytes> {
+    let (fields, collection) = payload.key_fields()?;
+    let key = if collection {
+        satmesh_proto::peek_first_key(message, fields).ok()??
+    } else {
+        satmesh_proto::peek_key(message, fields).ok()?
+    };
+    Some(route_key(key.service, key.instance))
 }
 
 pub use queue::{EventQueue, MemoryQueue, QueueClosed};

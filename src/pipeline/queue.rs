@@ -163,6 +163,7 @@ mod tests {
             auth: None,
             payload: Bytes::from(vec![0; len]),
             enqueued: Instant::now(),
+            key: None,
         }
     }
 

@@ -1,16 +1,18 @@
 //! Discovery: turns `upstream.static` and `upstream.dns` into the pool's member set, and
 //! keeps doing so every `upstream.dns_refresh`. A failed lookup keeps the addresses it
-//! last gave, so a DNS blip does not empty the pool.
+//! last gave, so a DNS blip does not empty the pool. The pods `kubernetes` finds join
+//! that set whenever they change.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tracing::warn;
 
-use super::Pool;
+use super::{Pool, kubernetes};
 
 /// One name to resolve and the weight of every address it gives.
 #[derive(Clone, Debug)]
@@ -82,23 +84,45 @@ where
     members
 }
 
-/// Resolves now, sets the pool's members, and keeps refreshing until `stop`.
+/// Resolves now, sets the pool's members (the sources' addresses and the Kubernetes
+/// `pods`), and does so again every `refresh` and whenever `pods` changes, until `stop`.
 pub async fn run(
     pool: Arc<Pool>,
     sources: Vec<Source>,
     weights: BTreeMap<String, u32>,
     refresh: Duration,
+    mut pods: Option<watch::Receiver<BTreeSet<SocketAddr>>>,
     stop: CancellationToken,
 ) {
     let mut last = BTreeMap::new();
+    let mut resolved = resolve(&sources, &weights, &mut last).await;
+    let mut next_refresh = tokio::time::Instant::now() + refresh;
     loop {
-        let members = resolve(&sources, &weights, &mut last).await;
+        let mut members = resolved.clone();
+        if let Some(pods) = &mut pods {
+            let addresses = pods.borrow_and_update().clone();
+            kubernetes::join(&mut members, &addresses, &weights);
+        }
         pool.set_members(&members);
         tokio::select! {
             _ = stop.cancelled() => return,
-            _ = tokio::time::sleep(refresh) => {}
+            _ = tokio::time::sleep_until(next_refresh) => {
+                resolved = resolve(&sources, &weights, &mut last).await;
+                next_refresh = tokio::time::Instant::now() + refresh;
+            }
+            _ = pods_changed(&mut pods) => {}
         }
     }
+}
+
+/// Resolves when the Kubernetes set changes; never when there is none, or its watch is over.
+async fn pods_changed(pods: &mut Option<watch::Receiver<BTreeSet<SocketAddr>>>) {
+    if let Some(pods) = pods
+        && pods.changed().await.is_ok()
+    {
+        return;
+    }
+    std::future::pending().await
 }
 
 #[cfg(test)]

@@ -10,6 +10,7 @@
 pub mod call;
 pub mod conn;
 pub mod discovery;
+pub mod kubernetes;
 pub mod select;
 
 use std::collections::BTreeMap;
@@ -366,6 +367,11 @@ impl Pool {
         }
     }
 
+    /// The node at `addr`, if it is a member.
+    pub fn node(&self, addr: SocketAddr) -> Option<Arc<Node>> {
+        self.view.load().nodes.iter().find(|n| n.addr == addr).cloned()
+    }
+
     pub fn nodes(&self) -> Vec<Arc<Node>> {
         self.view.load().nodes.clone()
     }
@@ -381,7 +387,8 @@ impl Pool {
     pub fn pick(&self, policy: RoutePolicy, avoid: Option<SocketAddr>) -> Option<Arc<Node>> {
         let view = self.view.load();
         let (schedule, cursor) = match policy {
-            RoutePolicy::RoundRobin => (&view.round_robin, &self.cursors[0]),
+            // A fixed protocol's call without a routing key goes round-robin.
+            RoutePolicy::RoundRobin | RoutePolicy::Fixed => (&view.round_robin, &self.cursors[0]),
             RoutePolicy::Weighted => (&view.weighted, &self.cursors[1]),
         };
         let start = cursor.fetch_add(1, Ordering::Relaxed);
