@@ -36,6 +36,43 @@ pub struct Config {
     pub pipeline: Pipeline,
     pub shutdown: Shutdown,
     pub log: Log,
+    pub cluster: Cluster,
+}
+
+/// The tier: peers gossip their facts and agree on one ring (see the `satmesh-cluster`
+/// crate for the failure-detector settings and their figures).
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Cluster {
+    /// This peer's name in the tier, stable across restarts (a restart gets a new
+    /// generation). Default: the host name (the pod name on Kubernetes).
+    pub node_id: Option<String>,
+    /// UDP address gossip is received on.
+    pub gossip_listen: String,
+    /// Address other peers gossip to; default derived from `gossip_listen` (or, when that
+    /// is 0.0.0.0, the local address of the route to the first seed).
+    pub advertise: Option<String>,
+    /// Peers to join through, as `host:port`; a DNS name (a Kubernetes headless Service)
+    /// counts for every address and is re-resolved. Empty: the peer runs alone, with a
+    /// ring of its own and no gossip socket.
+    pub seeds: Vec<String>,
+    /// Peers gossip only with peers of the same id (not a secret: gossip has no auth).
+    pub cluster_id: String,
+    /// Time between gossip rounds.
+    pub gossip_interval_ms: u64,
+}
+
+impl Default for Cluster {
+    fn default() -> Self {
+        Cluster {
+            node_id: None,
+            gossip_listen: "0.0.0.0:7946".into(),
+            advertise: None,
+            seeds: Vec::new(),
+            cluster_id: "satmesh".into(),
+            gossip_interval_ms: 500,
+        }
+    }
 }
 
 /// The agent-facing gRPC listener.
@@ -350,7 +387,7 @@ impl Default for Log {
 }
 
 /// Keys whose environment value is a comma-separated list.
-const LIST_KEYS: &[&str] = &["upstream.static", "upstream.weights"];
+const LIST_KEYS: &[&str] = &["upstream.static", "upstream.weights", "cluster.seeds"];
 
 impl Config {
     /// Loads defaults, then `file` (if any), then `env` (the process environment when None).
@@ -377,12 +414,14 @@ impl Config {
             .static_nodes
             .retain(|s| !s.trim().is_empty());
         config.upstream.weights.retain(|s| !s.trim().is_empty());
+        config.cluster.seeds.retain(|s| !s.trim().is_empty());
         config.validate()?;
         Ok(config)
     }
 
     /// Checks what serde cannot: addresses parse, sizes are sane, names exist.
     pub fn validate(&self) -> Result<(), ConfigError> {
+        self.cluster_settings()?;
         parse_addr("server.listen", &self.server.listen)?;
         parse_addr("admin.listen", &self.admin.listen)?;
         if self.server.max_message_bytes == 0 || self.server.max_message_bytes > u32::MAX as usize {
@@ -526,6 +565,56 @@ impl Config {
             weights.insert(node.trim().to_owned(), weight);
         }
         Ok(weights)
+    }
+
+    /// The gossip settings; None when `cluster.seeds` is empty (the peer runs alone).
+    pub fn cluster_settings(
+        &self,
+    ) -> Result<Option<satmesh_cluster::ClusterSettings>, ConfigError> {
+        let c = &self.cluster;
+        let gossip_listen = parse_addr("cluster.gossip_listen", &c.gossip_listen)?;
+        let advertise = match &c.advertise {
+            Some(a) => Some(parse_addr("cluster.advertise", a)?),
+            None => None,
+        };
+        for seed in &c.seeds {
+            host_port("cluster.seeds", seed)?;
+        }
+        if c.gossip_interval_ms == 0 {
+            return Err(invalid("cluster.gossip_interval_ms", "must be at least 1"));
+        }
+        if c.cluster_id.is_empty() {
+            return Err(invalid("cluster.cluster_id", "must not be empty"));
+        }
+        if c.node_id.as_ref().is_some_and(|n| n.trim().is_empty()) {
+            return Err(invalid("cluster.node_id", "must not be empty"));
+        }
+        if c.seeds.is_empty() {
+            return Ok(None);
+        }
+        let mut settings = satmesh_cluster::ClusterSettings {
+            gossip_listen,
+            advertise,
+            seeds: c.seeds.clone(),
+            cluster_id: c.cluster_id.clone(),
+            gossip_interval: Duration::from_millis(c.gossip_interval_ms),
+            ..Default::default()
+        };
+        if let Some(node_id) = &c.node_id {
+            settings.node_id = node_id.clone();
+        }
+        settings
+            .validate()
+            .map_err(|reason| invalid("cluster", reason))?;
+        Ok(Some(settings))
+    }
+
+    /// This peer's node id: `cluster.node_id`, else the host name.
+    pub fn node_id(&self) -> String {
+        self.cluster
+            .node_id
+            .clone()
+            .unwrap_or_else(satmesh_cluster::settings::hostname)
     }
 
     pub fn route_policy(&self, protocol: &str) -> RoutePolicy {

@@ -17,6 +17,7 @@
 //! - [`sink`]: satmesh's own fake OAP for tests, demos and benchmarks.
 //! - [`load`]: a synthetic agent fleet for `satmesh bench` and `satmesh demo`.
 //! - [`demo`]: `satmesh demo`, a sink, a peer and a fleet in one process.
+//! - [`tier`]: the peer's side of the cluster: published facts, the shared ring.
 //! - [`config`]: the configuration reference.
 
 pub mod admin;
@@ -30,4 +31,5 @@ pub mod peer;
 pub mod pipeline;
 pub mod protocol;
 pub mod sink;
+pub mod tier;
 pub mod upstream;

@@ -32,6 +32,7 @@ pub struct Metrics {
     pub upstream_up: IntGaugeVec,
     pub upstream_failures: IntCounterVec,
     dropped: IntCounterVec,
+    messages_in: IntCounterVec,
     per_method: Vec<MethodMetrics>,
 }
 
@@ -230,8 +231,17 @@ impl Metrics {
             ),
             per_method,
             dropped,
+            messages_in,
             registry: r,
         }
+    }
+
+    /// Messages received from agents, across every protocol.
+    pub fn messages_in_total(&self) -> u64 {
+        crate::protocol::protocols()
+            .iter()
+            .map(|p| self.messages_in.with_label_values(&[p]).get())
+            .sum()
     }
 
     /// Messages dropped for `reason`, across every protocol.

@@ -20,8 +20,9 @@ use crate::frontdoor::{self, Connections, H2Settings, Handler, State};
 use crate::metrics::Metrics;
 use crate::pipeline::batcher::Batcher;
 use crate::pipeline::delivery::Delivery;
-use crate::pipeline::{EventQueue, MemoryQueue};
+use crate::pipeline::{EventQueue, MemoryQueue, Placement};
 use crate::protocol::METHODS;
+use crate::tier::{Tier, TierInputs};
 use crate::upstream::conn::ConnectSettings;
 use crate::upstream::{Health, Pool, discovery, kubernetes};
 
@@ -107,6 +108,23 @@ pub async fn run(
         .map(|m| config.route_policy(m.protocol))
         .collect();
 
+    let connections = Connections::default();
+    let (grpc_addr, admin_addr) = listeners.addrs()?;
+    let tier = Tier::start(
+        config.node_id(),
+        config.cluster_settings()?,
+        TierInputs {
+            pool: pool.clone(),
+            connections: connections.clone(),
+            metrics: metrics.clone(),
+            grpc_addr,
+            admin_addr,
+            connection_limit: 0,
+        },
+    )
+    .await?;
+    let placement: Arc<dyn Placement> = tier.ring.clone();
+
     let abandon = CancellationToken::new();
     let delivery = Arc::new(Delivery {
         pool: pool.clone(),
@@ -119,7 +137,7 @@ pub async fn run(
         backoff_min: up.backoff_min,
         backoff_max: up.backoff_max,
         abandon: abandon.clone(),
-        placement: None,
+        placement: Some(placement.clone()),
     });
     let max_inflight = config.pipeline.max_inflight_batches;
     let inflight = Arc::new(Semaphore::new(max_inflight));
@@ -131,7 +149,7 @@ pub async fn run(
             batch_size: config.pipeline.batch_size,
             flush_interval: config.pipeline.flush_interval,
             inflight: inflight.clone(),
-            placement: None,
+            placement: Some(placement.clone()),
         });
         senders.spawn(batcher.run());
     }
@@ -145,7 +163,6 @@ pub async fn run(
         sync_timeout: up.sync_timeout,
         policies,
     });
-    let connections = Connections::default();
     let admin_state = Arc::new(AdminState {
         metrics: metrics.clone(),
         queue: queue.clone(),
@@ -191,6 +208,7 @@ pub async fn run(
         "shutting down: no new connections, draining agents"
     );
     admin_state.set_draining();
+    tier.set_draining();
     stop_accepting.cancel();
     let _ = accept_task.await;
     let mut report = ShutdownReport {
@@ -223,6 +241,7 @@ pub async fn run(
         delivery.drop_queued();
     }
     report.events_dropped = metrics.dropped_total(crate::metrics::DROP_SHUTDOWN) as usize;
+    tier.leave().await;
     stop_discovery.cancel();
     pool.close();
     stop_admin.cancel();

@@ -27,7 +27,8 @@ pub struct Event {
     /// The message exactly as the agent sent it.
     pub payload: Bytes,
     pub enqueued: Instant,
-    /// For fixed routing: the call's routing key (see [`route_key`]); None otherwise.
+    /// For fixed routing: the call's routing key (`satmesh_cluster::route_key` of its
+    /// first message's service and instance); None otherwise.
     pub key: Option<Bytes>,
 }
 
@@ -57,17 +58,6 @@ pub trait Placement: Send + Sync + 'static {
     fn place(&self, key: &[u8]) -> Option<SocketAddr>;
 }
 
-/// The routing key of a service instance: both names length-prefixed, so no pair of
-/// names can produce the key of another pair. Explicit bytes, the same on every peer.
-pub fn route_key(service: &str, instance: &str) -> Bytes {
-    let mut key = Vec::with_capacity(8 + service.len() + instance.len());
-    key.extend_from_slice(&(service.len() as u32).to_be_bytes());
-    key.extend_from_slice(service.as_bytes());
-    key.extend_from_slice(&(instance.len() as u32).to_be_bytes());
-    key.extend_from_slice(instance.as_bytes());
-    key.into()
-}
-
 /// The routing key of a call from its first message, when the message carries one.
 pub fn key_of(payload: crate::protocol::Payload, message: &[u8]) -> Option<Bytes> {
     let (fields, collection) = payload.key_fields()?;
@@ -76,7 +66,7 @@ pub fn key_of(payload: crate::protocol::Payload, message: &[u8]) -> Option<Bytes
     } else {
         satmesh_proto::peek_key(message, fields).ok()?
     };
-    Some(route_key(key.service, key.instance))
+    Some(satmesh_cluster::route_key(key.service, key.instance).into())
 }
 
 pub use queue::{EventQueue, MemoryQueue, QueueClosed};

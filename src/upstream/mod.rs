@@ -369,7 +369,12 @@ impl Pool {
 
     /// The node at `addr`, if it is a member.
     pub fn node(&self, addr: SocketAddr) -> Option<Arc<Node>> {
-        self.view.load().nodes.iter().find(|n| n.addr == addr).cloned()
+        self.view
+            .load()
+            .nodes
+            .iter()
+            .find(|n| n.addr == addr)
+            .cloned()
     }
 
     pub fn nodes(&self) -> Vec<Arc<Node>> {

@@ -1,0 +1,249 @@
+//! The peer's side of the tier: the facts it publishes (addresses, state, connections,
+//! events/s, its damped health view of each OAP node, the digest of its ring), the shared
+//! ring it routes fixed traffic with, and the view `/status` shows.
+//!
+//! The ring is a pure function of gossiped state (`satmesh_cluster::ring_members`), so
+//! every peer computes the same ring once gossip has converged. It is rebuilt here, off
+//! the hot path, and swapped in atomically; lookups take no lock.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use satmesh_cluster::transport::UdpTransport;
+use satmesh_cluster::{
+    Cluster, ClusterSettings, ClusterView, HealthDamper, Peer, PeerFacts, PeerId, PeerState, Ring,
+    SharedRing, ring_members,
+};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use tracing::info;
+
+use crate::frontdoor::Connections;
+use crate::metrics::Metrics;
+use crate::pipeline::Placement;
+use crate::upstream::Pool;
+
+/// How often the peer's facts are refreshed (publication itself is rate-limited).
+const FACTS_EVERY: Duration = Duration::from_millis(250);
+
+impl Placement for SharedRing {
+    fn place(&self, key: &[u8]) -> Option<SocketAddr> {
+        self.load().lookup(key)?.parse().ok()
+    }
+}
+
+/// What the tier code reads from the rest of the peer.
+pub struct TierInputs {
+    pub pool: Arc<Pool>,
+    pub connections: Connections,
+    pub metrics: Arc<Metrics>,
+    /// Advertised agent-facing and admin addresses.
+    pub grpc_addr: SocketAddr,
+    pub admin_addr: SocketAddr,
+    pub connection_limit: u64,
+}
+
+pub struct Tier {
+    pub ring: Arc<SharedRing>,
+    view: watch::Receiver<Arc<ClusterView>>,
+    draining: watch::Sender<bool>,
+    cluster: Option<Arc<Cluster>>,
+    stop: CancellationToken,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+/// Where the publisher's facts go: gossip, or (alone) straight into this peer's view.
+enum Sink {
+    Gossip(Arc<Cluster>),
+    Alone(PeerId, watch::Sender<Arc<ClusterView>>),
+}
+
+impl Sink {
+    fn publish(&self, facts: PeerFacts) {
+        match self {
+            Sink::Gossip(cluster) => cluster.publish(facts),
+            Sink::Alone(id, view) => {
+                view.send_replace(Arc::new(alone(id, facts)));
+            }
+        }
+    }
+}
+
+/// The view of a peer that runs alone: itself, live.
+fn alone(id: &PeerId, facts: PeerFacts) -> ClusterView {
+    ClusterView {
+        self_id: id.clone(),
+        peers: vec![Peer {
+            id: id.clone(),
+            gossip_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+            facts,
+            live: true,
+            heartbeat: 0,
+            last_seen_ms_ago: 0,
+            is_self: true,
+        }],
+    }
+}
+
+impl Tier {
+    /// Joins the tier (`settings` None: runs alone) and starts publishing and ring upkeep.
+    pub async fn start(
+        node_id: String,
+        settings: Option<ClusterSettings>,
+        inputs: TierInputs,
+    ) -> Result<Tier, satmesh_cluster::ClusterError> {
+        let ring = Arc::new(SharedRing::new(Ring::new::<String>(&[])));
+        // Listeners on 0.0.0.0 are advertised with the address peers gossip to.
+        let ip = match &settings {
+            Some(s) => s.advertise.map_or(s.gossip_listen.ip(), |a| a.ip()),
+            None => std::net::Ipv4Addr::LOCALHOST.into(),
+        };
+        let advertised = |addr: SocketAddr| -> String {
+            if addr.ip().is_unspecified() && !ip.is_unspecified() {
+                SocketAddr::new(ip, addr.port()).to_string()
+            } else {
+                addr.to_string()
+            }
+        };
+        let mut facts = PeerFacts {
+            grpc_addr: advertised(inputs.grpc_addr),
+            admin_addr: advertised(inputs.admin_addr),
+            state: PeerState::Ready,
+            connection_limit: inputs.connection_limit,
+            ring_digest: ring.load().digest(),
+            ..Default::default()
+        };
+        let (cluster, view, sink) = match settings {
+            Some(settings) => {
+                let wildcard = ip.is_unspecified();
+                let cluster =
+                    Arc::new(Cluster::join(settings, facts.clone(), &UdpTransport).await?);
+                if wildcard {
+                    // The cluster derived its advertised address; use its IP for ours too.
+                    let gossip_ip = cluster.gossip_addr().ip();
+                    let fix =
+                        |addr: SocketAddr| SocketAddr::new(gossip_ip, addr.port()).to_string();
+                    facts.grpc_addr = fix(inputs.grpc_addr);
+                    facts.admin_addr = fix(inputs.admin_addr);
+                }
+                let view = cluster.watch();
+                (Some(cluster.clone()), view, Sink::Gossip(cluster))
+            }
+            None => {
+                let id = PeerId {
+                    node_id,
+                    generation: 0,
+                };
+                let (tx, rx) = watch::channel(Arc::new(alone(&id, facts.clone())));
+                (None, rx, Sink::Alone(id, tx))
+            }
+        };
+        let stop = CancellationToken::new();
+        let (draining, draining_rx) = watch::channel(false);
+        let tasks = vec![
+            tokio::spawn(publish_facts(
+                inputs,
+                facts,
+                sink,
+                ring.clone(),
+                draining_rx,
+                stop.clone(),
+            )),
+            tokio::spawn(keep_ring(view.clone(), ring.clone(), stop.clone())),
+        ];
+        Ok(Tier {
+            ring,
+            view,
+            draining,
+            cluster,
+            stop,
+            tasks,
+        })
+    }
+
+    /// The tier as this peer sees it now.
+    pub fn view(&self) -> Arc<ClusterView> {
+        self.view.borrow().clone()
+    }
+
+    /// Publishes `draining` at once (shutdown has begun).
+    pub fn set_draining(&self) {
+        self.draining.send_replace(true);
+    }
+
+    /// Leaves the tier: peers hear `draining` for two gossip rounds, then this peer stops
+    /// gossiping.
+    pub async fn leave(mut self) {
+        self.stop.cancel();
+        for task in self.tasks.drain(..) {
+            let _ = task.await;
+        }
+        if let Some(cluster) = self.cluster.take().and_then(|c| Arc::try_unwrap(c).ok())
+            && let Err(e) = cluster.leave().await
+        {
+            tracing::warn!(error = %e, "leaving the cluster failed");
+        }
+    }
+}
+
+/// Refreshes this peer's facts every `FACTS_EVERY` and hands them to the sink (which, for
+/// gossip, rate-limits what actually goes out).
+async fn publish_facts(
+    inputs: TierInputs,
+    mut facts: PeerFacts,
+    sink: Sink,
+    ring: Arc<SharedRing>,
+    draining: watch::Receiver<bool>,
+    stop: CancellationToken,
+) {
+    use satmesh_cluster::ring_members::{DEFAULT_DOWN_AFTER, DEFAULT_UP_AFTER};
+    let mut damper = HealthDamper::new(DEFAULT_DOWN_AFTER, DEFAULT_UP_AFTER);
+    let mut last = (Instant::now(), inputs.metrics.messages_in_total());
+    let mut tick = tokio::time::interval(FACTS_EVERY);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = stop.cancelled() => return,
+        }
+        let now = Instant::now();
+        let raw = inputs
+            .pool
+            .nodes()
+            .iter()
+            .map(|n| (n.label.clone(), n.is_healthy()))
+            .collect();
+        facts.oap_health = damper.update(&raw, now);
+        let received = inputs.metrics.messages_in_total();
+        let seconds = now.duration_since(last.0).as_secs_f64().max(1e-3);
+        facts.events_per_sec = ((received - last.1) as f64 / seconds * 10.0).round() / 10.0;
+        last = (now, received);
+        facts.connections = inputs.connections.len() as u64;
+        facts.ring_digest = ring.load().digest();
+        facts.state = if *draining.borrow() {
+            PeerState::Draining
+        } else {
+            PeerState::Ready
+        };
+        sink.publish(facts.clone());
+    }
+}
+
+/// Rebuilds the ring whenever the view changes.
+async fn keep_ring(
+    mut view: watch::Receiver<Arc<ClusterView>>,
+    ring: Arc<SharedRing>,
+    stop: CancellationToken,
+) {
+    loop {
+        let members = ring_members(&view.borrow_and_update());
+        if ring.update(&members) {
+            let r = ring.load();
+            info!(members = ?r.members(), digest = format!("{:016x}", r.digest()), "ring changed");
+        }
+        tokio::select! {
+            changed = view.changed() => if changed.is_err() { return },
+            _ = stop.cancelled() => return,
+        }
+    }
+}
