@@ -17,6 +17,7 @@
 //! - [`sink`]: satmesh's own fake OAP for tests, demos and benchmarks.
 //! - [`load`]: a synthetic agent fleet for `satmesh bench` and `satmesh demo`.
 //! - [`demo`]: `satmesh demo`, a sink, a peer and a fleet in one process.
+//! - [`status`]: `GET /status` (JSON and a self-refreshing page) and `satmesh status`.
 //! - [`tier`]: the peer's side of the cluster: published facts, the shared ring.
 //! - [`config`]: the configuration reference.
 
@@ -31,5 +32,6 @@ pub mod peer;
 pub mod pipeline;
 pub mod protocol;
 pub mod sink;
+pub mod status;
 pub mod tier;
 pub mod upstream;

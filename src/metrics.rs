@@ -31,6 +31,8 @@ pub struct Metrics {
     pub upstream_latency: HistogramVec,
     pub upstream_up: IntGaugeVec,
     pub upstream_failures: IntCounterVec,
+    /// Messages each OAP node acknowledged.
+    pub upstream_messages: IntCounterVec,
     dropped: IntCounterVec,
     messages_in: IntCounterVec,
     per_method: Vec<MethodMetrics>,
@@ -227,6 +229,12 @@ impl Metrics {
                 &r,
                 "satmesh_upstream_failures_total",
                 "Failed upstream calls and connection attempts per OAP node",
+                &["node"],
+            ),
+            upstream_messages: counter_vec(
+                &r,
+                "satmesh_upstream_messages_total",
+                "Messages acknowledged by each OAP node",
                 &["node"],
             ),
             per_method,

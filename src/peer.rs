@@ -171,11 +171,14 @@ pub async fn run(
         draining: AtomicBool::new(false),
     });
     let stop_admin = CancellationToken::new();
-    let admin_task = tokio::spawn(admin::serve(
-        listeners.admin,
-        admin::router(admin_state.clone()),
-        stop_admin.clone(),
-    ));
+    let status = Arc::new(crate::tier::TierStatus {
+        view: tier.watch(),
+        ring: tier.ring.clone(),
+        metrics: metrics.clone(),
+        pool: pool.clone(),
+    });
+    let router = admin::router(admin_state.clone()).merge(crate::status::routes(status));
+    let admin_task = tokio::spawn(admin::serve(listeners.admin, router, stop_admin.clone()));
 
     let stop_accepting = CancellationToken::new();
     let settings = H2Settings {

@@ -167,6 +167,11 @@ impl Tier {
         self.view.borrow().clone()
     }
 
+    /// The change stream of the view.
+    pub fn watch(&self) -> watch::Receiver<Arc<ClusterView>> {
+        self.view.clone()
+    }
+
     /// Publishes `draining` at once (shutdown has begun).
     pub fn set_draining(&self) {
         self.draining.send_replace(true);
@@ -245,5 +250,29 @@ async fn keep_ring(
             changed = view.changed() => if changed.is_err() { return },
             _ = stop.cancelled() => return,
         }
+    }
+}
+
+/// `/status` of a peer: the tier view, the ring this peer routes with, and what it sent to
+/// each OAP node.
+pub struct TierStatus {
+    pub view: watch::Receiver<Arc<ClusterView>>,
+    pub ring: Arc<SharedRing>,
+    pub metrics: Arc<Metrics>,
+    pub pool: Arc<Pool>,
+}
+
+impl crate::status::StatusSource for TierStatus {
+    fn status(&self) -> crate::status::StatusDoc {
+        let traffic = self
+            .pool
+            .nodes()
+            .iter()
+            .map(|n| (n.label.clone(), self.metrics.upstream_messages.with_label_values(&[&n.label]).get()))
+            .collect();
+        let now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        crate::status::StatusDoc::build(&self.view.borrow(), &self.ring.load(), &traffic, now_ms)
     }
 }

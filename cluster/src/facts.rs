@@ -189,8 +189,11 @@ mod tests {
             connections: 812,
             connection_limit: 4000,
             events_per_sec: 1520.25,
-            oap_health: [("10.2.0.1:11800".into(), true), ("10.2.0.2:11800".into(), false)]
-                .into(),
+            oap_health: [
+                ("10.2.0.1:11800".into(), true),
+                ("10.2.0.2:11800".into(), false),
+            ]
+            .into(),
             ring_digest: 0xdead_beef_0123_4567,
         }
     }
@@ -230,6 +233,12 @@ mod tests {
                 *v = "-3".into();
             }
         }
-        assert!(matches!(decode(&kv), Err(FactsError::Invalid { key: CONNECTIONS, .. })));
+        assert!(matches!(
+            decode(&kv),
+            Err(FactsError::Invalid {
+                key: CONNECTIONS,
+                ..
+            })
+        ));
     }
 }

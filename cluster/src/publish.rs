@@ -97,20 +97,32 @@ mod tests {
 
     #[test]
     fn same_facts_are_not_republished() {
-        assert_eq!(decide(&facts(5), &facts(5), 10 * LIMITS.interval, LIMITS), Publish::Unchanged);
+        assert_eq!(
+            decide(&facts(5), &facts(5), 10 * LIMITS.interval, LIMITS),
+            Publish::Unchanged
+        );
     }
 
     #[test]
     fn a_count_moving_by_one_waits_for_the_interval() {
-        assert_eq!(decide(&facts(800), &facts(801), 100 * MS, LIMITS), Publish::After(400 * MS));
-        assert_eq!(decide(&facts(800), &facts(801), 500 * MS, LIMITS), Publish::Now);
+        assert_eq!(
+            decide(&facts(800), &facts(801), 100 * MS, LIMITS),
+            Publish::After(400 * MS)
+        );
+        assert_eq!(
+            decide(&facts(800), &facts(801), 500 * MS, LIMITS),
+            Publish::Now
+        );
     }
 
     #[test]
     fn a_large_count_change_goes_out_at_once() {
         assert_eq!(decide(&facts(800), &facts(881), MS, LIMITS), Publish::Now);
         assert_eq!(decide(&facts(800), &facts(719), MS, LIMITS), Publish::Now);
-        assert_eq!(decide(&facts(800), &facts(880), MS, LIMITS), Publish::After(499 * MS));
+        assert_eq!(
+            decide(&facts(800), &facts(880), MS, LIMITS),
+            Publish::After(499 * MS)
+        );
         assert_eq!(decide(&facts(0), &facts(1), MS, LIMITS), Publish::Now);
         let mut busier = facts(800);
         busier.events_per_sec = 1200.0;

@@ -252,11 +252,17 @@ impl SharedRing {
     /// Rebuilds and publishes the ring only if `members` differ from the current ones;
     /// returns whether it did.
     pub fn update<S: AsRef<str>>(&self, members: &[S]) -> bool {
-        let ring = Ring::new(members);
-        if ring.members() == self.load().members() {
+        let mut wanted: Vec<&str> = members.iter().map(|m| m.as_ref()).collect();
+        wanted.sort_unstable();
+        wanted.dedup();
+        if wanted
+            .iter()
+            .copied()
+            .eq(self.load().members().iter().map(String::as_str))
+        {
             return false;
         }
-        self.store(ring);
+        self.store(Ring::new(&wanted));
         true
     }
 }

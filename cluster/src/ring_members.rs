@@ -99,7 +99,11 @@ impl HealthDamper {
                 continue;
             }
             let since = *damped.pending_since.get_or_insert(now);
-            let hold = if healthy { self.up_after } else { self.down_after };
+            let hold = if healthy {
+                self.up_after
+            } else {
+                self.down_after
+            };
             if now.saturating_duration_since(since) >= hold {
                 damped.published = healthy;
                 damped.pending_since = None;
@@ -122,7 +126,11 @@ impl HealthDamper {
         self.nodes
             .values()
             .filter_map(|d| {
-                let hold = if d.published { self.down_after } else { self.up_after };
+                let hold = if d.published {
+                    self.down_after
+                } else {
+                    self.up_after
+                };
                 Some(d.pending_since? + hold)
             })
             .min()

@@ -110,3 +110,67 @@ impl ClusterView {
             })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn peer(n: u8, state: PeerState, live: bool, connections: u64, digest: u64) -> Peer {
+        Peer {
+            id: PeerId {
+                node_id: format!("peer-{n}"),
+                generation: 1,
+            },
+            gossip_addr: ([10, 1, 0, n], 7946).into(),
+            facts: PeerFacts {
+                state,
+                connections,
+                connection_limit: 100,
+                events_per_sec: 10.0,
+                ring_digest: digest,
+                ..PeerFacts::default()
+            },
+            live,
+            heartbeat: 1,
+            last_seen_ms_ago: 0,
+            is_self: n == 1,
+        }
+    }
+
+    fn view(peers: Vec<Peer>) -> ClusterView {
+        ClusterView {
+            self_id: peers[0].id.clone(),
+            peers,
+        }
+    }
+
+    #[test]
+    fn totals_count_live_load_and_ready_capacity() {
+        let v = view(vec![
+            peer(1, PeerState::Ready, true, 10, 7),
+            peer(2, PeerState::Draining, true, 5, 7),
+            peer(3, PeerState::Ready, false, 99, 8),
+        ]);
+        let t = v.totals();
+        assert_eq!((t.peers, t.live, t.ready), (3, 2, 1));
+        assert_eq!((t.connections, t.connection_limit), (15, 100));
+        assert_eq!(t.events_per_sec, 20.0);
+        assert_eq!(v.live_ready().count(), 1);
+        assert!(v.ring_agreed(), "the dead peer's digest does not count");
+    }
+
+    #[test]
+    fn ring_disagreement_and_same_state() {
+        let a = view(vec![
+            peer(1, PeerState::Ready, true, 1, 7),
+            peer(2, PeerState::Ready, true, 1, 8),
+        ]);
+        assert!(!a.ring_agreed());
+        let mut b = a.clone();
+        b.peers[1].heartbeat = 42;
+        b.peers[1].last_seen_ms_ago = 300;
+        assert!(a.same_state(&b), "heartbeats alone are no change");
+        b.peers[1].live = false;
+        assert!(!a.same_state(&b));
+    }
+}

@@ -111,6 +111,7 @@ impl Delivery {
                 continue;
             };
             let started = Instant::now();
+            let sent = events.len() as u64;
             let attempt = tokio::select! {
                 attempt = self.attempt(&node, method.path, method.shape, &metadata, &mut events) => attempt,
                 _ = self.abandon.cancelled() => continue,
@@ -122,6 +123,7 @@ impl Delivery {
             let error = match attempt {
                 Attempt::Delivered => {
                     m.calls_out_ok.inc();
+                    self.metrics.upstream_messages.with_label_values(&[&node.label]).inc_by(sent);
                     node.record_success();
                     return;
                 }

@@ -103,7 +103,12 @@ impl Driver {
     async fn publish_if_due(&mut self) -> Option<Instant> {
         let wanted = self.wanted.borrow_and_update().clone();
         let now = Instant::now();
-        match publish::decide(&self.published, &wanted, now - self.published_at, self.limits) {
+        match publish::decide(
+            &self.published,
+            &wanted,
+            now - self.published_at,
+            self.limits,
+        ) {
             Publish::Unchanged => None,
             Publish::After(wait) => Some(now + wait),
             Publish::Now => {
@@ -154,7 +159,8 @@ impl Driver {
                 }
             }
         }
-        self.heartbeats.retain(|id, _| chitchat.node_states().contains_key(id));
+        self.heartbeats
+            .retain(|id, _| chitchat.node_states().contains_key(id));
 
         let mut peers = Vec::with_capacity(newest.len());
         for (id, state) in newest.into_values() {
@@ -167,7 +173,10 @@ impl Driver {
             };
             let is_self = *id == self.self_chitchat_id;
             let heartbeat = u64::from(state.heartbeat());
-            let seen = self.heartbeats.entry(id.clone()).or_insert((heartbeat, now));
+            let seen = self
+                .heartbeats
+                .entry(id.clone())
+                .or_insert((heartbeat, now));
             if seen.0 != heartbeat {
                 *seen = (heartbeat, now);
             }
@@ -212,7 +221,10 @@ pub(super) async fn write_facts(chitchat: &Mutex<Chitchat>, facts: &PeerFacts) {
 /// One log line per peer that appeared, went, died, came back or changed state.
 fn log_changes(before: &ClusterView, after: &ClusterView) {
     for peer in after.peers.iter().filter(|p| !p.is_self) {
-        let old = before.peers.iter().find(|p| p.id.node_id == peer.id.node_id);
+        let old = before
+            .peers
+            .iter()
+            .find(|p| p.id.node_id == peer.id.node_id);
         let (node_id, generation) = (&peer.id.node_id, peer.id.generation);
         let state = peer.facts.state.as_str();
         match old {

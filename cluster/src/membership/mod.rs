@@ -178,7 +178,8 @@ impl Cluster {
     /// Leaves the tier: publishes `draining` (if not already), waits two gossip rounds so
     /// peers hear it, then stops gossip. Peers then declare this peer dead.
     pub async fn leave(self) -> Result<(), ClusterError> {
-        self.wanted.send_modify(|facts| facts.state = PeerState::Draining);
+        self.wanted
+            .send_modify(|facts| facts.state = PeerState::Draining);
         let facts = self.facts();
         driver::write_facts(&self.chitchat.chitchat(), &facts).await;
         tokio::time::sleep(2 * self.gossip_interval).await;

@@ -49,16 +49,17 @@ pub(super) async fn derive_advertise(listen: SocketAddr, seeds: &[String]) -> So
         let Ok(addrs) = lookup_host(seed.as_str()).await else {
             continue;
         };
-        for seed_addr in addrs {
+        // Same family as the socket: an IPv4 socket cannot be reached at an IPv6 address.
+        for seed_addr in addrs.filter(|a| a.is_ipv4() == listen.is_ipv4()) {
             if let Some(ip) = route_source(seed_addr) {
                 return SocketAddr::new(ip, listen.port());
             }
         }
     }
-    if let Ok(addrs) = lookup_host((hostname(), listen.port())).await {
-        if let Some(addr) = addrs.into_iter().find(|a| !a.ip().is_loopback()) {
-            return addr;
-        }
+    if let Ok(mut addrs) = lookup_host((hostname(), listen.port())).await
+        && let Some(addr) = addrs.find(|a| !a.ip().is_loopback() && a.is_ipv4() == listen.is_ipv4())
+    {
+        return addr;
     }
     if !seeds.is_empty() {
         warn!(listen = %listen, "no address to advertise for gossip; using 127.0.0.1, \

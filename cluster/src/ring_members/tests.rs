@@ -90,7 +90,12 @@ fn no_majority_gives_an_empty_ring() {
 }
 
 fn arb_view() -> impl Strategy<Value = Vec<Peer>> {
-    let nodes = ["10.2.0.1:11800", "10.2.0.2:11800", "10.2.0.3:11800", "10.2.0.4:11800"];
+    let nodes = [
+        "10.2.0.1:11800",
+        "10.2.0.2:11800",
+        "10.2.0.3:11800",
+        "10.2.0.4:11800",
+    ];
     prop::collection::vec(
         (
             any::<bool>(),
@@ -153,7 +158,10 @@ fn damper_admits_a_new_node_after_up_after() {
     let mut d = HealthDamper::new(3 * S, 2 * S);
     assert_eq!(d.update(&raw(&[(A, true)]), t0), raw(&[(A, false)]));
     assert_eq!(d.next_change(), Some(t0 + 2 * S));
-    assert_eq!(d.update(&raw(&[(A, true)]), t0 + 1999 * MS), raw(&[(A, false)]));
+    assert_eq!(
+        d.update(&raw(&[(A, true)]), t0 + 1999 * MS),
+        raw(&[(A, false)])
+    );
     assert_eq!(d.update(&raw(&[(A, true)]), t0 + 2 * S), raw(&[(A, true)]));
     assert_eq!(d.next_change(), None);
 }
@@ -166,7 +174,10 @@ fn damper_drops_a_node_only_after_down_after() {
     d.update(&raw(&[(A, true)]), t0 + 2 * S);
     assert_eq!(d.update(&raw(&[(A, false)]), t0 + 3 * S), raw(&[(A, true)]));
     assert_eq!(d.update(&raw(&[(A, false)]), t0 + 5 * S), raw(&[(A, true)]));
-    assert_eq!(d.update(&raw(&[(A, false)]), t0 + 6 * S), raw(&[(A, false)]));
+    assert_eq!(
+        d.update(&raw(&[(A, false)]), t0 + 6 * S),
+        raw(&[(A, false)])
+    );
 }
 
 #[test]
@@ -189,5 +200,8 @@ fn damper_forgets_undiscovered_nodes_at_once() {
     let mut d = HealthDamper::new(3 * S, 2 * S);
     d.update(&raw(&[(A, true), (B, true)]), t0);
     d.update(&raw(&[(A, true), (B, true)]), t0 + 2 * S);
-    assert_eq!(d.update(&raw(&[(A, true)]), t0 + 2 * S + MS), raw(&[(A, true)]));
+    assert_eq!(
+        d.update(&raw(&[(A, true)]), t0 + 2 * S + MS),
+        raw(&[(A, true)])
+    );
 }
