@@ -1,4 +1,4 @@
-//! The `satmesh` command line: `run`, `check-config`, `sink`.
+//! The `satmesh` command line: `run`, `check-config`, `sink`, `status`.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -92,6 +92,15 @@ enum Command {
         /// GOAWAY each connection after this many calls (0 = never).
         #[arg(long, default_value_t = 0)]
         goaway_after_calls: u64,
+    },
+    /// Print the tier as one peer sees it (its admin `/status`): peers, totals, ring.
+    Status {
+        /// Admin address of any peer: host:port or http://host:port.
+        #[arg(long, default_value = "127.0.0.1:1234")]
+        admin: String,
+        /// Print the raw JSON document instead of the table.
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -207,6 +216,16 @@ fn main() -> ExitCode {
             };
             report(runtime().block_on(sink(listen, admin, faults)))
         }
+        Command::Status { admin, json } => report(
+            runtime()
+                .block_on(satmesh::status::cli::run(&admin, json))
+                .map(|text| {
+                    use std::io::Write;
+                    // A closed pipe (`| head`) is not worth a panic.
+                    let _ = writeln!(std::io::stdout(), "{text}");
+                })
+                .map_err(anyhow::Error::from),
+        ),
     }
 }
 

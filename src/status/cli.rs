@@ -16,19 +16,20 @@ pub const FETCH_TIMEOUT: Duration = Duration::from_secs(5);
 /// A status document is a few KiB per peer; anything this large is not one.
 const MAX_BODY_BYTES: usize = 16 << 20;
 
-/// Why `satmesh status` printed nothing. Every variant is safe to retry.
+/// Why `satmesh status` printed nothing. Every variant is safe to retry. Causes are
+/// `source()`s: print with `{:#}` (anyhow) to get one line with the cause.
 #[derive(Debug, thiserror::Error)]
 pub enum FetchError {
     #[error("invalid admin address {0:?}: expected host:port or http://host:port")]
     Address(String),
-    #[error("cannot connect to {addr}: {source}")]
+    #[error("cannot connect to {addr}")]
     Connect {
         addr: String,
         source: std::io::Error,
     },
     #[error("no answer from {addr} within {timeout:?}")]
     Timeout { addr: String, timeout: Duration },
-    #[error("http error talking to {addr}: {source}")]
+    #[error("http error talking to {addr}")]
     Http {
         addr: String,
         source: Box<dyn std::error::Error + Send + Sync>,
@@ -38,7 +39,7 @@ pub enum FetchError {
         addr: String,
         status: hyper::StatusCode,
     },
-    #[error("http://{addr}/status did not return a status document: {source}")]
+    #[error("http://{addr}/status did not return a status document")]
     Json {
         addr: String,
         source: serde_json::Error,
@@ -72,9 +73,9 @@ fn parse_admin(admin: &str) -> Result<String, FetchError> {
     let bare = bare.strip_suffix('/').unwrap_or(bare);
     let valid = !bare.is_empty()
         && !bare.contains('/')
-        && bare.rsplit_once(':').is_some_and(|(host, port)| {
-            !host.is_empty() && port.parse::<u16>().is_ok()
-        });
+        && bare
+            .rsplit_once(':')
+            .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok());
     if valid {
         Ok(bare.to_owned())
     } else {
@@ -135,7 +136,11 @@ pub fn render_table(doc: &StatusDoc) -> String {
             } else {
                 p.node_id.clone()
             };
-            let agree = if p.live { yes_no(p.same_ring_as_self) } else { "-" };
+            let agree = if p.live {
+                yes_no(p.same_ring_as_self)
+            } else {
+                "-"
+            };
             vec![
                 name,
                 p.condition().to_owned(),
@@ -264,7 +269,12 @@ mod tests {
             connection_limit: 4000,
             events_per_sec: 1520.25,
             oap_view: BTreeMap::new(),
-            ring_digest: if same { "00000000000000aa" } else { "00000000000000bb" }.into(),
+            ring_digest: if same {
+                "00000000000000aa"
+            } else {
+                "00000000000000bb"
+            }
+            .into(),
             same_ring_as_self: same,
             heartbeat: 9,
             last_seen_ms_ago: 100,
@@ -348,7 +358,13 @@ OAP NODE        ON RING  HEALTHY HERE  VOTES  SENT HERE
         assert_eq!(parse_admin("127.0.0.1:1234").unwrap(), "127.0.0.1:1234");
         assert_eq!(parse_admin("http://peer-0:1234/").unwrap(), "peer-0:1234");
         assert_eq!(parse_admin("[::1]:1234").unwrap(), "[::1]:1234");
-        for bad in ["", "peer-0", "https://peer-0:1234", "peer-0:x", "h:1/status"] {
+        for bad in [
+            "",
+            "peer-0",
+            "https://peer-0:1234",
+            "peer-0:x",
+            "h:1/status",
+        ] {
             assert!(parse_admin(bad).is_err(), "{bad}");
         }
     }

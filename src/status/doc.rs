@@ -53,7 +53,11 @@ pub struct PeerStatus {
 impl PeerStatus {
     /// `ready`, `draining` or `dead`: what a human wants to see first.
     pub fn condition(&self) -> &'static str {
-        if self.live { self.state.as_str() } else { "dead" }
+        if self.live {
+            self.state.as_str()
+        } else {
+            "dead"
+        }
     }
 }
 

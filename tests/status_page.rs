@@ -1,0 +1,432 @@
+//! `GET /status`: the JSON document, the HTML page served to browsers (rendered and
+//! refreshed in headless Chromium), and `satmesh status` against a live endpoint.
+//!
+//! The routes are served in-process from a scripted [`StatusSource`]: each call takes the
+//! next document of its script and the last one repeats, so a test decides exactly what
+//! the page's first and later fetches see.
+//!
+//! Chromium: Debian's `chromium` package at /usr/bin/chromium (or `SATMESH_CHROMIUM`). When
+//! it is missing the browser test skips loudly, unless `SATMESH_REQUIRE_CHROMIUM=1`, which
+//! makes it fail (CI sets it).
+
+use std::collections::{BTreeMap, VecDeque};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use satmesh::status::{StatusDoc, StatusSource, routes};
+use satmesh_cluster::{ClusterView, Peer, PeerFacts, PeerId, PeerState, Ring};
+use tokio::net::TcpListener;
+use tokio::process::Command;
+use tokio_util::sync::CancellationToken;
+
+const OAP_A: &str = "10.2.0.1:11800";
+const OAP_B: &str = "10.2.0.2:11800";
+const BIN: &str = env!("CARGO_BIN_EXE_satmesh");
+
+/// Serves a script of documents: the first call gets the first one, the last one repeats.
+#[derive(Default)]
+struct Scripted {
+    docs: Mutex<VecDeque<StatusDoc>>,
+    calls: AtomicUsize,
+}
+
+impl Scripted {
+    fn set(&self, docs: Vec<StatusDoc>) {
+        *self.docs.lock().unwrap() = docs.into();
+        self.calls.store(0, Ordering::SeqCst);
+    }
+}
+
+impl StatusSource for Scripted {
+    fn status(&self) -> StatusDoc {
+        self.calls.fetch_add(1, Ordering::SeqCst);
+        let mut docs = self.docs.lock().unwrap();
+        if docs.len() > 1 {
+            docs.pop_front().unwrap()
+        } else {
+            docs.front().cloned().expect("a scripted document")
+        }
+    }
+}
+
+fn peer(name: &str, live: bool, state: PeerState, connections: u64, digest: u64) -> Peer {
+    Peer {
+        id: PeerId {
+            node_id: name.into(),
+            generation: 1_700_000_000_000_000_000,
+        },
+        gossip_addr: "127.0.0.1:7946".parse().unwrap(),
+        facts: PeerFacts {
+            grpc_addr: format!("{name}.satmesh:11800"),
+            admin_addr: format!("{name}.satmesh:1234"),
+            state,
+            connections,
+            connection_limit: 4000,
+            events_per_sec: 250.0,
+            oap_health: [(OAP_A.into(), true), (OAP_B.into(), true)].into(),
+            ring_digest: digest,
+        },
+        live,
+        heartbeat: 42,
+        last_seen_ms_ago: 300,
+        is_self: name == "peer-1",
+    }
+}
+
+/// Three peers (ready, draining, dead) agreeing on a ring of two OAP nodes.
+fn first_doc() -> StatusDoc {
+    let ring = Ring::new(&[OAP_A, OAP_B]);
+    let d = ring.digest();
+    let view = ClusterView {
+        self_id: peer("peer-1", true, PeerState::Ready, 0, d).id,
+        peers: vec![
+            peer("peer-1", true, PeerState::Ready, 812, d),
+            peer("peer-2", true, PeerState::Draining, 37, d),
+            peer("peer-3", false, PeerState::Ready, 5, 0xdead),
+        ],
+    };
+    let traffic = [(OAP_A.to_owned(), 1200), (OAP_B.to_owned(), 300)].into();
+    StatusDoc::build(&view, &ring, &traffic, 1_000)
+}
+
+/// Later: peer-1 took more agents, peer-2 is gone, peer-3 came back on another ring.
+fn second_doc() -> StatusDoc {
+    let ring = Ring::new(&[OAP_A, OAP_B]);
+    let d = ring.digest();
+    let view = ClusterView {
+        self_id: peer("peer-1", true, PeerState::Ready, 0, d).id,
+        peers: vec![
+            peer("peer-1", true, PeerState::Ready, 1500, d),
+            peer("peer-2", false, PeerState::Draining, 37, d),
+            peer("peer-3", true, PeerState::Ready, 99, 0xbeef),
+        ],
+    };
+    let traffic = [(OAP_A.to_owned(), 5000), (OAP_B.to_owned(), 2100)].into();
+    StatusDoc::build(&view, &ring, &traffic, 2_000)
+}
+
+/// Serves the status routes on 127.0.0.1:0 until the token is dropped.
+async fn serve(source: Arc<Scripted>) -> (SocketAddr, tokio_util::sync::DropGuard) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let stop = CancellationToken::new();
+    tokio::spawn(satmesh::admin::serve(
+        listener,
+        routes(source),
+        stop.clone(),
+    ));
+    (addr, stop.drop_guard())
+}
+
+fn scripted(docs: Vec<StatusDoc>) -> Arc<Scripted> {
+    let source = Arc::new(Scripted::default());
+    source.set(docs);
+    source
+}
+
+#[tokio::test]
+async fn json_is_the_default_and_html_is_for_browsers() {
+    let (addr, _stop) = serve(scripted(vec![first_doc()])).await;
+    let client = reqwest::Client::new();
+    let url = format!("http://{addr}/status");
+
+    let response = client.get(&url).send().await.unwrap();
+    assert_eq!(response.status(), 200);
+    let header = |r: &reqwest::Response, name: &str| {
+        r.headers()
+            .get(name)
+            .map(|v| v.to_str().unwrap().to_owned())
+            .unwrap_or_default()
+    };
+    assert_eq!(header(&response, "content-type"), "application/json");
+    assert_eq!(header(&response, "vary"), "accept");
+    let json: serde_json::Value = response.json().await.unwrap();
+    assert_eq!(json["self_id"]["node_id"], "peer-1");
+    assert_eq!(json["totals"]["peers_live"], 2);
+    assert_eq!(json["totals"]["connections"], 812 + 37);
+    assert_eq!(json["ring"]["all_live_peers_agree"], true);
+    assert_eq!(json["peers"][1]["state"], "draining");
+    assert_eq!(json["peers"][2]["live"], false);
+    assert_eq!(json["peers"][2]["ring_digest"], "000000000000dead");
+    assert_eq!(json["oap"][0]["messages_sent_by_this_peer"], 1200);
+    let doc: StatusDoc = serde_json::from_value(json).unwrap();
+    assert_eq!(doc, first_doc());
+
+    let firefox = "text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8";
+    let response = client
+        .get(&url)
+        .header("accept", firefox)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert!(header(&response, "content-type").starts_with("text/html"));
+    let html = response.text().await.unwrap();
+    assert!(html.contains("<script>") && html.contains("<style>"));
+    for external in ["src=", "href=", "http://", "https://", "@import"] {
+        assert!(!html.contains(external), "page loads {external}");
+    }
+}
+
+#[tokio::test]
+async fn satmesh_status_prints_the_table_or_the_raw_document() {
+    let (addr, _stop) = serve(scripted(vec![first_doc()])).await;
+    let admin = addr.to_string();
+
+    let out = Command::new(BIN)
+        .args(["status", "--admin", &admin])
+        .output()
+        .await
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{out:?}");
+    let row = |name: &str| {
+        stdout
+            .lines()
+            .find(|l| l.starts_with(name))
+            .unwrap_or_else(|| panic!("no row {name} in\n{stdout}"))
+            .split_whitespace()
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        row("peer-1")[..6],
+        ["peer-1", "(self)", "ready", "yes", "812/4000", "250.0"]
+    );
+    assert_eq!(row("peer-2")[..4], ["peer-2", "draining", "yes", "37/4000"]);
+    assert_eq!(row("peer-3")[..3], ["peer-3", "dead", "no"]);
+    assert!(
+        stdout.contains("totals: 3 peers, 2 live, 1 ready; 849/4000 connections"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("all live peers agree"), "{stdout}");
+
+    let out = Command::new(BIN)
+        .args(["status", "--json", "--admin", &format!("http://{admin}/")])
+        .output()
+        .await
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let doc: StatusDoc = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(doc, first_doc());
+}
+
+#[tokio::test]
+async fn satmesh_status_fails_in_one_line_with_exit_code_1() {
+    // A port that was just free: connection refused.
+    let closed = TcpListener::bind("127.0.0.1:0")
+        .await
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    // An HTTP server that is not a satmesh admin port: bad JSON.
+    let not_status = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let not_status_addr = not_status.local_addr().unwrap();
+    let stop = CancellationToken::new();
+    let router = axum::Router::new().route("/status", axum::routing::get(|| async { "hello" }));
+    tokio::spawn(satmesh::admin::serve(not_status, router, stop.clone()));
+    let _stop = stop.drop_guard();
+
+    for (admin, expected) in [
+        (closed.to_string(), "cannot connect to"),
+        (
+            not_status_addr.to_string(),
+            "did not return a status document",
+        ),
+        ("no-port".to_owned(), "invalid admin address"),
+    ] {
+        let out = Command::new(BIN)
+            .args(["status", "--admin", &admin])
+            .output()
+            .await
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{admin}: {stderr}");
+        assert!(out.stdout.is_empty(), "{admin}: {out:?}");
+        assert_eq!(stderr.trim_end().lines().count(), 1, "{admin}: {stderr}");
+        assert!(
+            stderr.starts_with("satmesh: ") && stderr.contains(expected),
+            "{stderr}"
+        );
+    }
+}
+
+/// The Chromium binary, or None (after a loud message) when it is not installed and not
+/// required.
+fn chromium() -> Option<PathBuf> {
+    let path = std::env::var_os("SATMESH_CHROMIUM")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/usr/bin/chromium"));
+    if path.exists() {
+        return Some(path);
+    }
+    let required = std::env::var("SATMESH_REQUIRE_CHROMIUM").is_ok_and(|v| v == "1");
+    assert!(
+        !required,
+        "SATMESH_REQUIRE_CHROMIUM=1 but {} is missing: apt-get install -y chromium",
+        path.display()
+    );
+    eprintln!(
+        "\n*** SKIPPED: status page browser test: {} is missing (apt-get install -y chromium) ***\n",
+        path.display()
+    );
+    None
+}
+
+/// Loads `url` in headless Chromium, lets the page run for `budget_ms` of virtual time
+/// (timers fire at once, fetches are waited for) and returns the DOM as HTML.
+async fn dump_dom(chromium: &PathBuf, url: &str, budget_ms: u64) -> String {
+    let profile = tempfile::tempdir().unwrap();
+    let mut command = Command::new(chromium);
+    command
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+        ])
+        .arg(format!("--user-data-dir={}", profile.path().display()))
+        .arg(format!("--virtual-time-budget={budget_ms}"))
+        .arg("--dump-dom")
+        .arg(url)
+        .stdin(Stdio::null())
+        .kill_on_drop(true);
+    let out = tokio::time::timeout(Duration::from_secs(60), command.output())
+        .await
+        .expect("chromium finished within 60 s")
+        .expect("chromium runs");
+    let dom = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success() && dom.contains("</html>"),
+        "chromium failed: {:?}\nstderr: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    dom
+}
+
+/// Attributes of every element whose class list holds `class`, in document order.
+fn elements(dom: &str, class: &str) -> Vec<BTreeMap<String, String>> {
+    let mut found = Vec::new();
+    let mut rest = dom;
+    while let Some(start) = rest.find('<') {
+        let Some(len) = rest[start..].find('>') else {
+            break;
+        };
+        let tag = &rest[start + 1..start + len];
+        rest = &rest[start + len..];
+        let attrs = attributes(tag);
+        if attrs
+            .get("class")
+            .is_some_and(|c| c.split_whitespace().any(|c| c == class))
+        {
+            found.push(attrs);
+        }
+    }
+    found
+}
+
+/// `name="value"` pairs of one start tag (as Chromium serializes them: double quotes).
+fn attributes(tag: &str) -> BTreeMap<String, String> {
+    let mut attrs = BTreeMap::new();
+    let mut rest = tag;
+    while let Some(eq) = rest.find("=\"") {
+        let name = rest[..eq].rsplit(' ').next().unwrap_or("").to_owned();
+        let value_start = eq + 2;
+        let Some(value_len) = rest[value_start..].find('"') else {
+            break;
+        };
+        attrs.insert(name, rest[value_start..value_start + value_len].to_owned());
+        rest = &rest[value_start + value_len + 1..];
+    }
+    attrs
+}
+
+/// `(node, condition, connections, limit)` of each peer bar.
+fn peer_bars(dom: &str) -> Vec<(String, String, u64, u64)> {
+    elements(dom, "peer-bar")
+        .into_iter()
+        .map(|a| {
+            (
+                a["data-node"].clone(),
+                a["data-condition"].clone(),
+                a["data-connections"].parse().unwrap(),
+                a["data-limit"].parse().unwrap(),
+            )
+        })
+        .collect()
+}
+
+/// `(node, messages sent)` of each OAP bar.
+fn oap_bars(dom: &str) -> Vec<(String, u64)> {
+    elements(dom, "oap-bar")
+        .into_iter()
+        .map(|a| (a["data-node"].clone(), a["data-sent"].parse().unwrap()))
+        .collect()
+}
+
+fn ring_agrees(dom: &str) -> Option<String> {
+    let start = dom.find("<div id=\"ring\"")?;
+    attributes(&dom[start..start + dom[start..].find('>')?]).remove("data-agree")
+}
+
+fn refreshes(dom: &str) -> u64 {
+    let start = dom.find("<body").expect("a body");
+    let tag = &dom[start..start + dom[start..].find('>').unwrap()];
+    attributes(tag)["data-refreshes"].parse().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_page_draws_bars_and_refreshes_itself_in_chromium() {
+    let Some(chromium) = chromium() else {
+        return;
+    };
+    let source = scripted(vec![first_doc()]);
+    let (addr, _stop) = serve(source.clone()).await;
+    let url = format!("http://{addr}/status");
+    let s = |v: &str| v.to_owned();
+
+    // First load: the page fetched the document and drew it.
+    let dom = dump_dom(&chromium, &url, 1500).await;
+    assert_eq!(
+        peer_bars(&dom),
+        [
+            (s("peer-1"), s("ready"), 812, 4000),
+            (s("peer-2"), s("draining"), 37, 4000),
+            (s("peer-3"), s("dead"), 5, 4000),
+        ],
+        "{dom}"
+    );
+    assert_eq!(oap_bars(&dom), [(s(OAP_A), 1200), (s(OAP_B), 300)]);
+    assert_eq!(ring_agrees(&dom).as_deref(), Some("true"), "{dom}");
+    assert!(dom.contains("812 / 4,000"), "{dom}");
+    assert!(dom.contains("as seen by peer-1"), "{dom}");
+
+    // Second load: the page's first fetch gets the old document, the next one (a second
+    // later) the new; the page shows the new numbers only if it refreshed itself.
+    source.set(vec![first_doc(), second_doc()]);
+    let dom = dump_dom(&chromium, &url, 1800).await;
+    assert_eq!(
+        peer_bars(&dom),
+        [
+            (s("peer-1"), s("ready"), 1500, 4000),
+            (s("peer-2"), s("dead"), 37, 4000),
+            (s("peer-3"), s("ready"), 99, 4000),
+        ],
+        "{dom}"
+    );
+    assert_eq!(oap_bars(&dom), [(s(OAP_A), 5000), (s(OAP_B), 2100)]);
+    assert_eq!(ring_agrees(&dom).as_deref(), Some("false"), "{dom}");
+    assert!(dom.contains("Ring NOT agreed"), "{dom}");
+    // 3800 messages to OAP_A in the 1 s between the two documents' timestamps.
+    assert!(dom.contains("5,000 msgs · 3,800/s"), "{dom}");
+    assert!(refreshes(&dom) >= 2, "{dom}");
+    assert!(source.calls.load(Ordering::SeqCst) >= 2);
+}
