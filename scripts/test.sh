@@ -3,7 +3,8 @@
 # installs what the tests need, then runs every test of the workspace:
 #   - protoc, which the real Rust agent's build (crates.io skywalking 0.10) needs;
 #   - cargo-nextest, if missing;
-#   - a Python venv with the real SkyWalking Python agent (apache-skywalking==1.2.0).
+#   - a Python venv with the real SkyWalking Python agent (apache-skywalking==1.2.0);
+#   - Debian's chromium, for the status page test in a headless browser.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -13,6 +14,14 @@ if ! command -v protoc >/dev/null 2>&1; then
     $SUDO apt-get update -qq
     DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq protobuf-compiler >/dev/null
 fi
+# Headless Chromium, for the status page test.
+if ! command -v chromium >/dev/null 2>&1; then
+    echo "test.sh: installing chromium"
+    SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo"
+    $SUDO apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq chromium >/dev/null
+fi
+export SATMESH_REQUIRE_CHROMIUM=1
 if ! cargo nextest --version >/dev/null 2>&1; then
     cargo install cargo-nextest --locked
 fi
