@@ -7,7 +7,7 @@
 //! waits until they agree on one ring, then measures, polling every peer's `/status`:
 //! 1. a connection count change (an agent connects to peer 0) until every peer shows it;
 //! 2. an OAP going down (its sink is killed) until every peer shows every live peer
-//!    reporting it unhealthy (includes the deliberate 1 s damping before a peer reports
+//!    reporting it unhealthy (includes the deliberate 0.5 s damping before a peer reports
 //!    a node down), and until every peer routes with the new ring;
 //! 3. a peer killed with SIGKILL until every other peer shows it dead.
 //! Each is repeated where it can be and reported as min / median / max.
@@ -140,14 +140,14 @@ async fn main() {
         s["peers"].as_array().is_some_and(|ps| ps.iter().filter(|p| p["live"] == true).all(|p| p["oap_view"][&gone_addr] == false))
     })
     .await;
-    let rerouted = until(&http, &all, |s| {
+    until(&http, &all, |s| {
         s["ring"]["members"].as_array().is_some_and(|m| m.len() == 1) && s["ring"]["all_live_peers_agree"] == true
     })
     .await;
     println!(
-        "OAP down: every peer shows every live peer's view of it as unhealthy after {} ms; every peer routes with the new ring after {} ms (from the kill)",
+        "OAP down: every peer shows every live peer's view of it as unhealthy after {} ms; every peer routes with the new ring after {} ms (both from the kill)",
         seen.as_millis(),
-        (seen + rerouted).as_millis().max(started.elapsed().as_millis())
+        started.elapsed().as_millis()
     );
 
     // 3. Killed peers declared dead everywhere (one at a time, keeping at least 2).

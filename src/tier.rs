@@ -24,8 +24,15 @@ use crate::metrics::Metrics;
 use crate::pipeline::Placement;
 use crate::upstream::Pool;
 
-/// How often the peer's facts are refreshed (publication itself is rate-limited).
-const FACTS_EVERY: Duration = Duration::from_millis(250);
+/// How often the peer's facts are refreshed (publication itself is rate-limited by the
+/// cluster crate, so this only bounds how late a change is noticed).
+const FACTS_EVERY: Duration = Duration::from_millis(100);
+
+/// A node this peer cannot reach is reported down after this long: long enough to ride
+/// out a reconnect after an OAP's GOAWAY, short enough that the tier reroutes its keys
+/// within about 2 s. It is reported up again only after `UP_AFTER` (no flapping back in).
+const DOWN_AFTER: Duration = Duration::from_millis(500);
+const UP_AFTER: Duration = satmesh_cluster::ring_members::DEFAULT_UP_AFTER;
 
 impl Placement for SharedRing {
     fn place(&self, key: &[u8]) -> Option<SocketAddr> {
@@ -202,8 +209,7 @@ async fn publish_facts(
     draining: watch::Receiver<bool>,
     stop: CancellationToken,
 ) {
-    use satmesh_cluster::ring_members::{DEFAULT_DOWN_AFTER, DEFAULT_UP_AFTER};
-    let mut damper = HealthDamper::new(DEFAULT_DOWN_AFTER, DEFAULT_UP_AFTER);
+    let mut damper = HealthDamper::new(DOWN_AFTER, UP_AFTER);
     let mut last = (Instant::now(), inputs.metrics.messages_in_total());
     let mut tick = tokio::time::interval(FACTS_EVERY);
     loop {
