@@ -18,19 +18,20 @@ use crate::codec::PassThrough;
 
 pub const SEGMENT_PATH: &str = "/skywalking.v3.TraceSegmentReportService/collect";
 
-/// SegmentObject with the published field numbers; `spans` carries `size` bytes.
+/// SegmentObject with the published field numbers (spans kept as opaque bytes): a
+/// faithful encoder for synthetic agents and tests.
 #[derive(Clone, PartialEq, Message)]
-struct SegmentObject {
+pub(crate) struct SegmentObject {
     #[prost(string, tag = "1")]
-    trace_id: String,
+    pub(crate) trace_id: String,
     #[prost(string, tag = "2")]
-    trace_segment_id: String,
+    pub(crate) trace_segment_id: String,
     #[prost(bytes = "vec", repeated, tag = "3")]
-    spans: Vec<Vec<u8>>,
+    pub(crate) spans: Vec<Vec<u8>>,
     #[prost(string, tag = "4")]
-    service: String,
+    pub(crate) service: String,
     #[prost(string, tag = "5")]
-    service_instance: String,
+    pub(crate) service_instance: String,
 }
 
 /// A segment of about `size` bytes on the wire.

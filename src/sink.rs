@@ -371,20 +371,7 @@ mod tests {
 
     use super::*;
 
-    /// `SegmentObject` with the published field numbers.
-    #[derive(Clone, PartialEq, Message)]
-    struct SegmentObject {
-        #[prost(string, tag = "1")]
-        trace_id: String,
-        #[prost(string, tag = "2")]
-        trace_segment_id: String,
-        #[prost(bytes = "vec", repeated, tag = "3")]
-        spans: Vec<Vec<u8>>,
-        #[prost(string, tag = "4")]
-        service: String,
-        #[prost(string, tag = "5")]
-        service_instance: String,
-    }
+    use crate::load::SegmentObject;
 
     /// `SegmentCollection`: segments=1.
     #[derive(Clone, PartialEq, Message)]
