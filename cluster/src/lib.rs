@@ -22,8 +22,10 @@
 //!   ready peers), and the [`HealthDamper`] that gives it hysteresis.
 //! - [`ring`]: the consistent-hash [`Ring`] (hashring, explicit bytes, 2000 vnodes per
 //!   node), its digest, route keys, and the lock-free [`SharedRing`].
+//! - [`balance`]: the pure shedding decision from a view and this peer's own count.
 //! - [`settings`]: [`ClusterSettings`], the documented `cluster.*` settings and defaults.
 
+pub mod balance;
 pub mod facts;
 pub mod membership;
 pub mod publish;
