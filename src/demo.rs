@@ -66,7 +66,7 @@ pub async fn run(spec: DemoSpec, stop: CancellationToken) -> anyhow::Result<()> 
     let load_stop = CancellationToken::new();
     let fleet = tokio::spawn(load::run(
         LoadSpec {
-            target: grpc,
+            targets: vec![grpc],
             connections: spec.agents,
             streams_per_connection: 1,
             messages_per_call: 20,

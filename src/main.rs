@@ -44,9 +44,9 @@ enum Command {
     },
     /// Load a satmesh peer (or any OAP address) with synthetic agents and report figures.
     Bench {
-        /// gRPC address to load.
-        #[arg(long)]
-        target: SocketAddr,
+        /// gRPC address to load; several (comma-separated) are dialled first-address-first.
+        #[arg(long, value_delimiter = ',', required = true)]
+        target: Vec<SocketAddr>,
         #[arg(long, default_value_t = 8)]
         connections: usize,
         /// Concurrent client-streams per connection.
@@ -184,7 +184,7 @@ fn main() -> ExitCode {
         } => {
             init_logs(LogFormat::Text, "warn");
             let spec = satmesh::load::LoadSpec {
-                target,
+                targets: target,
                 connections,
                 streams_per_connection: streams,
                 messages_per_call,

@@ -46,7 +46,8 @@ pub fn ring_members(view: &ClusterView) -> Vec<String> {
 
 /// Default time a node must look down before it is published down. Covers a reconnect
 /// after a GOAWAY; short, because the 2 s target for "an OAP going down is visible on
-/// every peer" includes it (fixed traffic fails over to the next node meanwhile).
+/// every peer" includes it (fixed traffic for the node waits meanwhile, so that every
+/// peer moves its keys at the same time).
 pub const DEFAULT_DOWN_AFTER: Duration = Duration::from_secs(1);
 /// Default time a node must look up before it is published up (also for a node just
 /// discovered): long enough that a flapping node stays out instead of moving keys back

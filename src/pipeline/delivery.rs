@@ -92,10 +92,13 @@ impl Delivery {
                 return self.drop_all(&events, lane.method, DROP_SHUTDOWN);
             }
             let node = if fixed {
-                let target = self.split_by_placement(&mut events, work);
-                target
-                    .and_then(|addr| self.pool.node(addr))
-                    .filter(|n| n.is_connected())
+                match self.split_by_placement(&mut events, work) {
+                    // The owner on the ring; while it is unreachable the batch waits for the
+                    // tier to move its keys (identically on every peer), not for a local guess.
+                    Some(addr) => self.pool.node(addr).filter(|n| n.is_connected()),
+                    // An empty ring (no node has a majority yet): round-robin.
+                    None => self.pool.pick(policy, avoid),
+                }
             } else {
                 self.pool.pick(policy, avoid)
             };
@@ -123,7 +126,10 @@ impl Delivery {
             let error = match attempt {
                 Attempt::Delivered => {
                     m.calls_out_ok.inc();
-                    self.metrics.upstream_messages.with_label_values(&[&node.label]).inc_by(sent);
+                    self.metrics
+                        .upstream_messages
+                        .with_label_values(&[&node.label])
+                        .inc_by(sent);
                     node.record_success();
                     return;
                 }

@@ -16,6 +16,8 @@ use tonic::transport::{Channel, Endpoint};
 
 use crate::codec::PassThrough;
 
+pub mod dial;
+
 pub const SEGMENT_PATH: &str = "/skywalking.v3.TraceSegmentReportService/collect";
 
 /// SegmentObject with the published field numbers (spans kept as opaque bytes): a
@@ -50,7 +52,9 @@ pub fn segment(service: &str, instance: &str, seq: u64, size: usize) -> Bytes {
 
 #[derive(Clone, Debug)]
 pub struct LoadSpec {
-    pub target: SocketAddr,
+    /// Where agents connect: one address (e.g. an L4 virtual IP), or several dialled
+    /// first-address-first (see [`dial`]).
+    pub targets: Vec<SocketAddr>,
     pub connections: usize,
     pub streams_per_connection: usize,
     /// Messages per client-stream call.
@@ -89,11 +93,17 @@ pub async fn run(spec: LoadSpec, progress: Arc<Progress>, stop: CancellationToke
     let errors = Arc::new(std::sync::Mutex::new(BTreeMap::<String, u64>::new()));
     let mut tasks = tokio::task::JoinSet::new();
     for c in 0..spec.connections {
-        let endpoint = Endpoint::from_shared(format!("http://{}", spec.target))
+        let endpoint = Endpoint::from_shared(format!("http://{}", spec.targets[0]))
             .expect("socket address is a valid uri")
             .tcp_nodelay(true);
-        // One HTTP/2 connection per agent; lazy, so a fleet starts without waiting.
-        let channel: Channel = endpoint.connect_lazy();
+        // One HTTP/2 connection per agent; lazy, so a fleet starts without waiting. After a
+        // GOAWAY it dials again, first address first.
+        let targets = spec.targets.clone();
+        let connector = tower::service_fn(move |_: http::Uri| {
+            let targets = targets.clone();
+            async move { dial::first_accepting(&targets, Duration::from_secs(1)).await }
+        });
+        let channel: Channel = endpoint.connect_with_connector_lazy(connector);
         progress.connected.fetch_add(1, Ordering::Relaxed);
         let service = format!("bench-svc-{}", c % 16);
         let instance = format!("bench-inst-{c}");
