@@ -1,7 +1,10 @@
-//! `satmesh demo`: one process, a whole local setup on loopback: a fake OAP (the sink),
-//! a satmesh peer in front of it, and a synthetic agent fleet reporting through the peer.
-//! Prints what flows every second; stops on Ctrl-C or after the duration.
+//! `satmesh demo`: a whole tier in one process, on loopback, without Kubernetes: two fake
+//! OAPs (sinks), three satmesh peers gossiping with each other, and a synthetic agent
+//! fleet whose target lists the peers first-address-first, so every agent starts on the
+//! first peer. It prints the tier's status table as the peers rebalance (and the URL of
+//! the status page), and stops cleanly on Ctrl-C or after the duration.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -15,102 +18,139 @@ use crate::sink::{Faults, Sink};
 
 pub struct DemoSpec {
     pub agents: usize,
+    pub peers: usize,
     pub duration: Option<Duration>,
 }
 
-pub async fn run(spec: DemoSpec, stop: CancellationToken) -> anyhow::Result<()> {
+async fn start_sink(stop: &CancellationToken) -> anyhow::Result<(Arc<Sink>, SocketAddr)> {
     let sink = Sink::new(Faults::default());
-    let sink_grpc = TcpListener::bind("127.0.0.1:0").await?;
-    let sink_admin = TcpListener::bind("127.0.0.1:0").await?;
-    let (oap, oap_admin) = (sink_grpc.local_addr()?, sink_admin.local_addr()?);
-    let sink_stop = CancellationToken::new();
-    tokio::spawn(crate::sink::serve_grpc(
-        sink.clone(),
-        sink_grpc,
-        sink_stop.clone(),
-    ));
-    tokio::spawn(crate::admin::serve(
-        sink_admin,
-        crate::sink::router(sink.clone()),
-        sink_stop.clone(),
-    ));
+    let grpc = TcpListener::bind("127.0.0.1:0").await?;
+    let addr = grpc.local_addr()?;
+    tokio::spawn(crate::sink::serve_grpc(sink.clone(), grpc, stop.clone()));
+    Ok((sink, addr))
+}
 
-    let env = [
-        ("SATMESH__SERVER__LISTEN", "127.0.0.1:0".to_owned()),
-        ("SATMESH__ADMIN__LISTEN", "127.0.0.1:0".to_owned()),
-        ("SATMESH__UPSTREAM__STATIC", oap.to_string()),
-    ];
-    let config = Config::load(
-        None,
-        Some(
-            env.iter()
-                .map(|(k, v)| (k.to_string(), v.clone()))
-                .collect(),
-        ),
-    )?;
-    let listeners = crate::peer::Listeners::bind(&config).await?;
-    let (grpc, admin) = listeners.addrs()?;
-    println!("fake OAP      grpc={oap} counts=http://{oap_admin}/counts");
-    println!("satmesh peer  grpc={grpc} metrics=http://{admin}/metrics");
+pub async fn run(spec: DemoSpec, stop: CancellationToken) -> anyhow::Result<()> {
+    let sinks_stop = CancellationToken::new();
+    let mut sinks = Vec::new();
+    for _ in 0..2 {
+        sinks.push(start_sink(&sinks_stop).await?);
+    }
+    let oaps: Vec<String> = sinks.iter().map(|(_, a)| a.to_string()).collect();
+
+    // Gossip ports are picked first so every peer can list all of them as seeds.
+    let mut gossip = Vec::new();
+    for _ in 0..spec.peers {
+        gossip.push(std::net::UdpSocket::bind("127.0.0.1:0")?.local_addr()?);
+    }
+    let seeds: Vec<String> = gossip.iter().map(|a| a.to_string()).collect();
+    let mut peers = Vec::new();
+    let mut grpc_addrs = Vec::new();
+    let mut admin_addrs = Vec::new();
+    for (i, g) in gossip.iter().enumerate() {
+        let env = [
+            ("SATMESH__SERVER__LISTEN", "127.0.0.1:0".to_owned()),
+            ("SATMESH__ADMIN__LISTEN", "127.0.0.1:0".to_owned()),
+            ("SATMESH__UPSTREAM__STATIC", oaps.join(",")),
+            ("SATMESH__CLUSTER__NODE_ID", format!("peer-{i}")),
+            ("SATMESH__CLUSTER__GOSSIP_LISTEN", g.to_string()),
+            ("SATMESH__CLUSTER__SEEDS", seeds.join(",")),
+        ];
+        let config = Config::load(
+            None,
+            Some(
+                env.iter()
+                    .map(|(k, v)| (k.to_string(), v.clone()))
+                    .collect(),
+            ),
+        )?;
+        let listeners = crate::peer::Listeners::bind(&config).await?;
+        let (grpc, admin) = listeners.addrs()?;
+        grpc_addrs.push(grpc);
+        admin_addrs.push(admin);
+        let peer_stop = CancellationToken::new();
+        let task = tokio::spawn(crate::peer::run(config, listeners, {
+            let s = peer_stop.clone();
+            async move { s.cancelled().await }
+        }));
+        peers.push((peer_stop, task));
+    }
+    println!("fake OAPs     {}", oaps.join(", "));
+    for (i, (g, a)) in grpc_addrs.iter().zip(&admin_addrs).enumerate() {
+        println!("peer-{i}        grpc={g} status page: http://{a}/status");
+    }
     println!(
-        "agents        {} synthetic agents reporting segments to the peer",
-        spec.agents
+        "agents        {} synthetic agents dialling {} first-address-first",
+        spec.agents,
+        grpc_addrs
+            .iter()
+            .map(|a| a.to_string())
+            .collect::<Vec<_>>()
+            .join(",")
     );
-    let peer_stop = CancellationToken::new();
-    let peer = tokio::spawn(crate::peer::run(config, listeners, {
-        let s = peer_stop.clone();
-        async move { s.cancelled().await }
-    }));
 
     let progress = Arc::new(Progress::default());
     let load_stop = CancellationToken::new();
     let fleet = tokio::spawn(load::run(
         LoadSpec {
-            targets: vec![grpc],
+            targets: grpc_addrs.clone(),
             connections: spec.agents,
             streams_per_connection: 1,
-            messages_per_call: 20,
+            messages_per_call: 10,
             message_bytes: 600,
             duration: spec
                 .duration
                 .unwrap_or(Duration::from_secs(365 * 24 * 3600)),
             max_messages: None,
-            call_interval: Duration::ZERO,
+            call_interval: Duration::from_millis(100),
         },
         progress.clone(),
         load_stop.clone(),
     ));
-    let mut tick = tokio::time::interval(Duration::from_secs(1));
-    let mut last = 0;
+    let mut tick = tokio::time::interval(Duration::from_secs(2));
     let until = spec.duration.map(|d| tokio::time::Instant::now() + d);
+    let admin0 = admin_addrs[0].to_string();
     loop {
         tokio::select! {
             _ = tick.tick() => {}
             _ = stop.cancelled() => break,
         }
         let sent = progress.messages.load(Ordering::Relaxed);
-        let arrived: u64 = sink.counts().methods.values().map(|m| m.messages).sum();
+        let arrived: u64 = sinks
+            .iter()
+            .map(|(s, _)| s.counts().methods.values().map(|m| m.messages).sum::<u64>())
+            .sum();
+        println!();
+        match crate::status::cli::run(&admin0, false).await {
+            Ok(table) => println!("{}", table.trim_end()),
+            Err(e) => println!("status: {e}"),
+        }
         println!(
-            "acknowledged to agents {sent:>9}  ({:>6}/s)   arrived at the OAP {arrived:>9}   errors {}",
-            sent - last,
+            "agents: {sent} messages acknowledged, {arrived} arrived at the OAPs, {} errors",
             progress.errors.load(Ordering::Relaxed)
         );
-        last = sent;
         if until.is_some_and(|u| tokio::time::Instant::now() >= u) {
             break;
         }
     }
     if stop.is_cancelled() {
         // Ctrl-C: calls in flight are abandoned by the fleet; what satmesh already
-        // queued from them is still delivered, so the OAP may count a few more.
+        // queued from them is still delivered, so the OAPs may count a few more.
         load_stop.cancel();
     }
     let _ = fleet.await;
-    peer_stop.cancel();
-    peer.await??;
+    for (peer_stop, _) in &peers {
+        peer_stop.cancel();
+    }
+    for (_, task) in peers {
+        task.await??;
+    }
     let sent = progress.messages.load(Ordering::Relaxed);
-    let arrived: u64 = sink.counts().methods.values().map(|m| m.messages).sum();
-    println!("stopped: {sent} messages acknowledged to agents, {arrived} arrived at the OAP");
-    sink_stop.cancel();
+    let arrived: u64 = sinks
+        .iter()
+        .map(|(s, _)| s.counts().methods.values().map(|m| m.messages).sum::<u64>())
+        .sum();
+    println!("stopped: {sent} messages acknowledged to agents, {arrived} arrived at the OAPs");
+    sinks_stop.cancel();
     Ok(())
 }

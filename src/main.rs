@@ -36,8 +36,11 @@ enum Command {
     /// Run a local demo: a fake OAP, a satmesh peer and a synthetic agent fleet.
     Demo {
         /// Synthetic agents (one HTTP/2 connection each).
-        #[arg(long, default_value_t = 20)]
+        #[arg(long, default_value_t = 60)]
         agents: usize,
+        /// satmesh peers in the tier.
+        #[arg(long, default_value_t = 3)]
+        peers: usize,
         /// Stop after this long (e.g. 30s); runs until Ctrl-C otherwise.
         #[arg(long, value_parser = humantime::parse_duration)]
         duration: Option<Duration>,
@@ -163,12 +166,12 @@ fn main() -> ExitCode {
             init_logs(config.log.format, &config.log.filter);
             report(runtime().block_on(run(config)))
         }
-        Command::Demo { agents, duration } => {
+        Command::Demo { agents, peers, duration } => {
             init_logs(LogFormat::Text, "warn");
             let stop = CancellationToken::new();
             report(runtime().block_on(async move {
                 tokio::spawn(signals(stop.clone()));
-                satmesh::demo::run(satmesh::demo::DemoSpec { agents, duration }, stop).await
+                satmesh::demo::run(satmesh::demo::DemoSpec { agents, peers, duration }, stop).await
             }))
         }
         Command::Bench {
