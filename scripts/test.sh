@@ -4,7 +4,8 @@
 #   - protoc, which the real Rust agent's build (crates.io skywalking 0.10) needs;
 #   - cargo-nextest, if missing;
 #   - a Python venv with the real SkyWalking Python agent (apache-skywalking==1.2.0);
-#   - Debian's chromium, for the status page test in a headless browser.
+#   - Debian's chromium, for the status page test in a headless browser;
+#   - a venv with kubernetes-validate, for the deploy/ manifests test.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -26,6 +27,8 @@ if ! cargo nextest --version >/dev/null 2>&1; then
     cargo install cargo-nextest --locked
 fi
 bash tests/agents/setup.sh
+# kubernetes-validate (PyPI) for the deploy/ manifests test.
+bash deploy/validate.sh --install
 # Build everything first (the Rust agent is a workspace member outside default-members),
 # so no test pays for compilation inside its time limit.
 cargo build --workspace --all-targets
