@@ -37,6 +37,63 @@ pub struct Config {
     pub shutdown: Shutdown,
     pub log: Log,
     pub cluster: Cluster,
+    pub balance: Balance,
+}
+
+/// Cluster-aware shedding: a ready peer above the tier's mean by more than `tolerance`,
+/// while another ready peer is below the mean by `below`, drains part of its excess each
+/// interval (graceful GOAWAY) and turns new connections away until back within tolerance.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Balance {
+    /// Shed at all (a peer still publishes its counts when off).
+    pub enabled: bool,
+    /// Time between two shedding decisions (jittered +-20 %).
+    #[serde(with = "humantime_serde")]
+    pub interval: Duration,
+    /// Allowed excess over the tier's mean, as a fraction.
+    pub tolerance: f64,
+    /// How far below the mean another ready peer must be for shedding to make sense.
+    pub below: f64,
+    /// Fraction of the excess shed per interval.
+    pub step: f64,
+    /// At most this many connections shed per interval.
+    pub max_per_interval: usize,
+    /// No shedding while any peer's gossip is older than this.
+    #[serde(with = "humantime_serde")]
+    pub max_staleness: Duration,
+    /// Connections one pod should hold, for `satmesh_tier_desired_replicas`
+    /// (ceil(tier connections / this)).
+    pub target_connections_per_pod: u64,
+}
+
+impl Default for Balance {
+    fn default() -> Self {
+        let b = satmesh_cluster::balance::BalanceSettings::default();
+        Balance {
+            enabled: true,
+            interval: Duration::from_secs(1),
+            tolerance: b.tolerance,
+            below: b.below,
+            step: b.step,
+            max_per_interval: b.max_per_interval,
+            max_staleness: b.max_staleness,
+            target_connections_per_pod: 3000,
+        }
+    }
+}
+
+impl Balance {
+    pub fn settings(&self) -> satmesh_cluster::balance::BalanceSettings {
+        satmesh_cluster::balance::BalanceSettings {
+            tolerance: self.tolerance,
+            below: self.below,
+            step: self.step,
+            max_per_interval: self.max_per_interval,
+            max_staleness: self.max_staleness,
+            ..Default::default()
+        }
+    }
 }
 
 /// The tier: peers gossip their facts and agree on one ring (see the `satmesh-cluster`
@@ -90,6 +147,28 @@ pub struct Server {
     pub stream_window_bytes: u32,
     /// HTTP/2 receive window of one connection, in bytes.
     pub connection_window_bytes: u32,
+    /// Agent connections served at once (draining ones count); 0: unlimited. One more is
+    /// reset before the HTTP/2 handshake, which sends a gRPC client to its next address.
+    pub max_connections: usize,
+    /// Each connection is drained (graceful GOAWAY) after this long, +-10 % jitter per
+    /// connection (gRPC A9 MAX_CONNECTION_AGE). Unset: connections never age out.
+    #[serde(with = "humantime_serde")]
+    pub max_connection_age: Option<Duration>,
+    /// Hard close this long after the age GOAWAY (A9 MAX_CONNECTION_AGE_GRACE).
+    /// Unset: `drain_grace`.
+    #[serde(with = "humantime_serde")]
+    pub max_connection_age_grace: Option<Duration>,
+    /// Time a drained (shed) connection's streams get before it is closed.
+    #[serde(with = "humantime_serde")]
+    pub drain_grace: Duration,
+    /// A draining connection's client-streams may end on their own this long (at most
+    /// half the grace); then satmesh ends them with OK between two messages.
+    #[serde(with = "humantime_serde")]
+    pub drain_stream_after: Duration,
+    /// ...once no data arrived on the stream for this long (shrinking to 0 at the hard
+    /// close).
+    #[serde(with = "humantime_serde")]
+    pub drain_stream_quiet: Duration,
 }
 
 impl Default for Server {
@@ -100,6 +179,12 @@ impl Default for Server {
             max_concurrent_streams: 256,
             stream_window_bytes: 1024 * 1024,
             connection_window_bytes: 2 * 1024 * 1024,
+            max_connections: 4000,
+            max_connection_age: None,
+            max_connection_age_grace: None,
+            drain_grace: Duration::from_secs(60),
+            drain_stream_after: Duration::from_secs(5),
+            drain_stream_quiet: Duration::from_millis(150),
         }
     }
 }
@@ -343,9 +428,13 @@ impl Default for Pipeline {
 #[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Shutdown {
-    /// Time agents' open streams get to finish after the GOAWAY.
+    /// Time agents' open streams get to finish after their connection's GOAWAY.
     #[serde(with = "humantime_serde")]
     pub connection_grace: Duration,
+    /// The GOAWAYs go out evenly spread over this window (no reconnect herd). Cut to
+    /// `deadline - connection_grace` when longer.
+    #[serde(with = "humantime_serde")]
+    pub drain_window: Duration,
     /// Total time from the signal to exit; what is still queued then is counted as dropped.
     #[serde(with = "humantime_serde")]
     pub deadline: Duration,
@@ -355,6 +444,7 @@ impl Default for Shutdown {
     fn default() -> Self {
         Shutdown {
             connection_grace: Duration::from_secs(10),
+            drain_window: Duration::from_secs(10),
             deadline: Duration::from_secs(30),
         }
     }
@@ -421,6 +511,28 @@ impl Config {
 
     /// Checks what serde cannot: addresses parse, sizes are sane, names exist.
     pub fn validate(&self) -> Result<(), ConfigError> {
+        let b = &self.balance;
+        for (key, value) in [
+            ("balance.tolerance", b.tolerance),
+            ("balance.below", b.below),
+            ("balance.step", b.step),
+        ] {
+            if !(value.is_finite() && value > 0.0 && value <= 1.0) {
+                return Err(invalid(key, "must be a fraction in (0, 1]"));
+            }
+        }
+        if b.interval.is_zero() {
+            return Err(invalid("balance.interval", "must be more than 0"));
+        }
+        if b.max_per_interval == 0 {
+            return Err(invalid("balance.max_per_interval", "must be at least 1"));
+        }
+        if b.target_connections_per_pod == 0 {
+            return Err(invalid(
+                "balance.target_connections_per_pod",
+                "must be at least 1",
+            ));
+        }
         self.cluster_settings()?;
         parse_addr("server.listen", &self.server.listen)?;
         parse_addr("admin.listen", &self.admin.listen)?;
@@ -443,6 +555,13 @@ impl Config {
             if value < 65_535 {
                 return Err(invalid(key, "HTTP/2 windows are at least 65535"));
             }
+        }
+        let server = &self.server;
+        if server.max_connection_age.is_some_and(|a| a.is_zero()) {
+            return Err(invalid("server.max_connection_age", "must be more than 0"));
+        }
+        if server.drain_stream_quiet > Duration::from_secs(10) {
+            return Err(invalid("server.drain_stream_quiet", "at most 10s"));
         }
         for node in &self.upstream.static_nodes {
             host_port("upstream.static", node)?;
@@ -524,6 +643,31 @@ impl Config {
             ));
         }
         Ok(())
+    }
+
+    /// How agent connections live and leave (`server` and `shutdown` keys).
+    pub fn lifecycle(&self) -> crate::frontdoor::LifecycleSettings {
+        let s = &self.server;
+        crate::frontdoor::LifecycleSettings {
+            max_connections: s.max_connections,
+            drain_grace: s.drain_grace,
+            max_age: s.max_connection_age,
+            age_jitter: 0.1,
+            age_grace: s.max_connection_age_grace.unwrap_or(s.drain_grace),
+            shutdown_grace: self.shutdown.connection_grace,
+            stream_end: crate::frontdoor::StreamEnd {
+                after: s.drain_stream_after,
+                quiet: s.drain_stream_quiet,
+            },
+        }
+    }
+
+    /// The window the shutdown spreads its GOAWAYs over: `shutdown.drain_window`, cut so
+    /// that the last connection's grace still ends by the deadline.
+    pub fn shutdown_drain_window(&self) -> Duration {
+        let s = &self.shutdown;
+        s.drain_window
+            .min(s.deadline.saturating_sub(s.connection_grace))
     }
 
     /// `run` needs somewhere to send data.

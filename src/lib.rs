@@ -18,6 +18,7 @@
 //! - [`load`]: a synthetic agent fleet for `satmesh bench` and `satmesh demo`.
 //! - [`demo`]: `satmesh demo`, a sink, a peer and a fleet in one process.
 //! - [`status`]: `GET /status` (JSON and a self-refreshing page) and `satmesh status`.
+//! - [`shed`]: cluster-aware shedding: drains connections above the tier's share.
 //! - [`tier`]: the peer's side of the cluster: published facts, the shared ring.
 //! - [`config`]: the configuration reference.
 
@@ -31,6 +32,7 @@ pub mod metrics;
 pub mod peer;
 pub mod pipeline;
 pub mod protocol;
+pub mod shed;
 pub mod sink;
 pub mod status;
 pub mod tier;

@@ -19,6 +19,8 @@ pub struct Metrics {
     /// Open agent connections.
     pub connections_open: IntGauge,
     pub connections_total: IntCounter,
+    /// The front door's connection lifecycle (limit, turn-aways, drains).
+    pub front_door: FrontDoorMetrics,
     /// Calls refused before reaching the pipeline, by reason (`oversize`, `unknown_path`).
     pub refused: IntCounterVec,
     pub queue_events: IntGauge,
@@ -36,6 +38,25 @@ pub struct Metrics {
     dropped: IntCounterVec,
     messages_in: IntCounterVec,
     per_method: Vec<MethodMetrics>,
+}
+
+/// What the front door counts about connections (see `frontdoor::lifecycle`). Cloned into
+/// the connection registry, so a drain or a turn-away is one atomic add.
+#[derive(Clone)]
+pub struct FrontDoorMetrics {
+    /// `server.max_connections` (0: unlimited).
+    pub connection_limit: IntGauge,
+    /// Connections closed before the HTTP/2 handshake, by reason (`limit`, `over_share`, ...).
+    pub turned_away: IntCounterVec,
+    /// Connections sent a graceful GOAWAY, by reason (`shed`, `age`, `limit`, `shutdown`).
+    pub drained: IntCounterVec,
+    /// Draining connections closed at the end of their grace with streams still open.
+    pub closed_hard: IntCounterVec,
+    /// Connections draining now.
+    pub draining: IntGauge,
+    /// Client-streams of draining connections that satmesh ended with OK between two
+    /// messages (instead of waiting for the agent to end them).
+    pub streams_ended: IntCounter,
 }
 
 /// Handles for one method's protocol label.
@@ -186,6 +207,45 @@ impl Metrics {
                 .expect("valid metric");
                 r.register(Box::new(c.clone())).expect("unique metric");
                 c
+            },
+            front_door: FrontDoorMetrics {
+                connection_limit: gauge(
+                    &r,
+                    "satmesh_connection_limit",
+                    "server.max_connections: agent connections this peer accepts (0: unlimited)",
+                ),
+                turned_away: counter_vec(
+                    &r,
+                    "satmesh_connections_turned_away_total",
+                    "Agent connections closed before the HTTP/2 handshake, by reason",
+                    &["reason"],
+                ),
+                drained: counter_vec(
+                    &r,
+                    "satmesh_connections_drained_total",
+                    "Agent connections sent a graceful GOAWAY, by reason",
+                    &["reason"],
+                ),
+                closed_hard: counter_vec(
+                    &r,
+                    "satmesh_connections_closed_hard_total",
+                    "Draining agent connections closed with streams still open at the end of their grace, by reason",
+                    &["reason"],
+                ),
+                draining: gauge(
+                    &r,
+                    "satmesh_agent_connections_draining",
+                    "Agent connections draining (GOAWAY sent, streams finishing)",
+                ),
+                streams_ended: {
+                    let c = IntCounter::new(
+                        "satmesh_streams_ended_on_drain_total",
+                        "Client-streams of draining connections ended by satmesh with OK between two messages",
+                    )
+                    .expect("valid metric");
+                    r.register(Box::new(c.clone())).expect("unique metric");
+                    c
+                },
             },
             refused: counter_vec(
                 &r,

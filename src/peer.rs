@@ -52,8 +52,9 @@ pub struct ShutdownReport {
     pub events_dropped: usize,
 }
 
-/// Runs a peer until `shutdown` resolves, then drains: stop accepting, GOAWAY every agent,
-/// let open streams finish, deliver the queue, all within `shutdown.deadline`.
+/// Runs a peer until `shutdown` resolves, then drains: stop accepting, GOAWAY every agent
+/// (spread over `shutdown.drain_window`), let open streams finish, deliver the queue, all
+/// within `shutdown.deadline`.
 pub async fn run(
     config: Config,
     listeners: Listeners,
@@ -108,7 +109,8 @@ pub async fn run(
         .map(|m| config.route_policy(m.protocol))
         .collect();
 
-    let connections = Connections::default();
+    // Every agent connection's lifecycle; the tier reads it and (shedding) drains from it.
+    let connections = Connections::new(config.lifecycle(), Some(metrics.front_door.clone()));
     let (grpc_addr, admin_addr) = listeners.addrs()?;
     let tier = Tier::start(
         config.node_id(),
@@ -119,11 +121,27 @@ pub async fn run(
             metrics: metrics.clone(),
             grpc_addr,
             admin_addr,
-            connection_limit: 0,
+            connection_limit: config.server.max_connections as u64,
         },
     )
     .await?;
     let placement: Arc<dyn Placement> = tier.ring.clone();
+    let (shed_state, _) = tokio::sync::watch::channel(satmesh_cluster::balance::Balance::default());
+    let stop_shedding = CancellationToken::new();
+    if config.balance.enabled {
+        connections.set_admission(Some(Arc::new(crate::shed::OverShare {
+            view: tier.watch(),
+            settings: config.balance.settings(),
+        })));
+        tokio::spawn(crate::shed::run(
+            connections.clone(),
+            tier.watch(),
+            config.balance.settings(),
+            config.balance.interval,
+            shed_state.clone(),
+            stop_shedding.clone(),
+        ));
+    }
 
     let abandon = CancellationToken::new();
     let delivery = Arc::new(Delivery {
@@ -177,7 +195,9 @@ pub async fn run(
         metrics: metrics.clone(),
         pool: pool.clone(),
     });
-    let router = admin::router(admin_state.clone()).merge(crate::status::routes(status));
+    let router = admin::router(admin_state.clone())
+        .merge(crate::status::routes(status))
+        .merge(frontdoor::routes::routes(connections.clone()));
     let admin_task = tokio::spawn(admin::serve(listeners.admin, router, stop_admin.clone()));
 
     let stop_accepting = CancellationToken::new();
@@ -212,10 +232,18 @@ pub async fn run(
     );
     admin_state.set_draining();
     tier.set_draining();
+    stop_shedding.cancel();
     stop_accepting.cancel();
     let _ = accept_task.await;
+    // GOAWAYs spread over the drain window, each connection closed at the latest
+    // `connection_grace` after its own; returns at once when no agent is connected.
     let mut report = ShutdownReport {
-        connections_closed_hard: connections.drain(config.shutdown.connection_grace).await,
+        connections_closed_hard: connections
+            .shutdown(
+                config.shutdown_drain_window(),
+                config.shutdown.connection_grace,
+            )
+            .await,
         ..Default::default()
     };
 

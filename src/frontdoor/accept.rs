@@ -1,11 +1,10 @@
 //! The accept loop: satmesh owns it (rather than tonic's `Server`) so that it can turn a
-//! connection away, drain one chosen connection with a graceful GOAWAY, and know every
-//! live connection. Used by the proxy and by the sink.
+//! connection away before the HTTP/2 handshake, drain one chosen connection with a
+//! graceful GOAWAY, and know every live connection (`registry`). Used by the proxy and by
+//! the sink.
 
 use std::convert::Infallible;
-use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use hyper::body::Incoming;
@@ -13,17 +12,11 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 use tracing::{debug, warn};
 
-/// What a connection's handlers know about it.
-#[derive(Debug)]
-pub struct ConnInfo {
-    pub id: u64,
-    pub peer: SocketAddr,
-    /// Cancelled when this connection is being drained (GOAWAY sent).
-    pub drain: CancellationToken,
-}
+use super::admission::Admit;
+use super::lifecycle::{ConnInfo, Ending};
+use super::registry::Connections;
 
 /// HTTP/2 settings of the agent-facing side.
 #[derive(Clone, Debug)]
@@ -33,62 +26,10 @@ pub struct H2Settings {
     pub connection_window_bytes: u32,
 }
 
-/// The live connections of one listener, and the signals that end them.
-#[derive(Clone)]
-pub struct Connections {
-    tracker: TaskTracker,
-    /// Parent of every connection's drain token: cancelling it drains them all.
-    drain_all: CancellationToken,
-    /// Ends draining connections that have not finished by their deadline.
-    hard_close: CancellationToken,
-    next_id: Arc<AtomicU64>,
-}
-
-impl Default for Connections {
-    fn default() -> Self {
-        Connections {
-            tracker: TaskTracker::new(),
-            drain_all: CancellationToken::new(),
-            hard_close: CancellationToken::new(),
-            next_id: Arc::new(AtomicU64::new(1)),
-        }
-    }
-}
-
-impl Connections {
-    /// Sends every connection a graceful GOAWAY; waits up to `grace` for them to finish,
-    /// then closes what is left. Returns how many had to be closed hard.
-    pub async fn drain(&self, grace: Duration) -> usize {
-        self.tracker.close();
-        self.drain_all.cancel();
-        if tokio::time::timeout(grace, self.tracker.wait())
-            .await
-            .is_err()
-        {
-            let left = self.tracker.len();
-            warn!(
-                connections = left,
-                "connections still open after the grace, closing them"
-            );
-            self.hard_close.cancel();
-            let _ = tokio::time::timeout(Duration::from_secs(2), self.tracker.wait()).await;
-            return left;
-        }
-        0
-    }
-
-    pub fn len(&self) -> usize {
-        self.tracker.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.tracker.is_empty()
-    }
-}
-
-/// Accepts connections until `stop` fires. `admit` may turn a connection away before
-/// the HTTP/2 handshake; `make` builds the service for an admitted one; `on_close` runs
-/// when it ends.
+/// Accepts connections until `stop` fires. Each is first checked against the registry's
+/// limit and admission policy, then `admit`; one turned away is reset before the HTTP/2
+/// handshake (see `admission` for why). `make` builds the service of a served one;
+/// `on_close` runs when it ends.
 pub async fn accept_loop<S, M, A, C>(
     listener: TcpListener,
     settings: H2Settings,
@@ -131,36 +72,28 @@ pub async fn accept_loop<S, M, A, C>(
                 }
             },
         };
-        let info = Arc::new(ConnInfo {
-            id: connections.next_id.fetch_add(1, Ordering::Relaxed),
-            peer,
-            drain: connections.drain_all.child_token(),
-        });
-        if !admit(&info) {
+        let info = connections.prepare(peer);
+        if connections.admit(peer) != Admit::Serve || !admit(&info) {
+            // A reset, not a FIN: nothing lingers in TIME_WAIT when a client retries in a
+            // hot loop, and gRPC clients take it as a failed attempt (next address).
+            let _ = stream.set_zero_linger();
             drop(stream);
             continue;
         }
         let _ = stream.set_nodelay(true);
         let service = TowerToHyperService::new(make(info.clone()));
         let conn = builder.serve_connection(TokioIo::new(stream), service);
-        let hard_close = connections.hard_close.clone();
         let on_close = on_close.clone();
-        connections.tracker.spawn(async move {
-            tokio::pin!(conn);
-            let result = tokio::select! {
-                result = conn.as_mut() => result,
-                _ = info.drain.cancelled() => {
-                    conn.as_mut().graceful_shutdown();
-                    tokio::select! {
-                        result = conn.as_mut() => result,
-                        _ = hard_close.cancelled() => Ok(()),
-                    }
+        connections.spawn(
+            info,
+            conn,
+            |conn| conn.graceful_shutdown(),
+            move |info, ending| {
+                if let Ending::Finished(Err(e)) = ending {
+                    debug!(peer = %info.peer, error = %e, "agent connection ended with an error");
                 }
-            };
-            if let Err(e) = result {
-                debug!(peer = %info.peer, error = %e, "agent connection ended with an error");
-            }
-            on_close(&info);
-        });
+                on_close(info);
+            },
+        );
     }
 }

@@ -1,11 +1,20 @@
-//! Front door: the agent-facing gRPC server. The accept loop (`accept`) owns connections;
+//! Front door: the agent-facing gRPC server. The accept loop (`accept`) admits or turns
+//! away connections (`admission`); each lives through `lifecycle` (serving -> draining ->
+//! closed) and is listed in the `registry`, which the shedder reads and drains from.
 //! `Handler` looks each call's path up in the protocol table and hands it to the async
 //! path (`receive`: queue, then answer) or the sync path (`forward`: call an OAP now and
-//! relay its answer, or relay a two-way stream live).
+//! relay its answer, or relay a two-way stream live); `stream` follows each call's
+//! progress so a draining connection's streams end between two messages; `routes` shows
+//! and drains connections on the admin listener.
 
 pub mod accept;
+pub mod admission;
 mod forward;
+pub mod lifecycle;
 mod receive;
+pub mod registry;
+pub mod routes;
+pub mod stream;
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -25,7 +34,11 @@ use crate::metrics::Metrics;
 use crate::pipeline::EventQueue;
 use crate::protocol::{self, Policy};
 use crate::upstream::Pool;
-pub use accept::{ConnInfo, Connections, H2Settings};
+pub use accept::H2Settings;
+pub use admission::{Admission, Admit, Arrival, TurnAway};
+pub use lifecycle::{ConnId, ConnInfo, ConnState, DrainReason, StreamEnd};
+pub use registry::{ConnSnapshot, Connections, LifecycleCounts, LifecycleSettings};
+use stream::{Guarded, StreamProgress, Tracked};
 
 /// What every call handler shares.
 pub struct State {
@@ -60,6 +73,10 @@ impl tower::Service<http::Request<Incoming>> for Handler {
 
     fn call(&mut self, req: http::Request<Incoming>) -> Self::Future {
         let state = self.state.clone();
+        let conn = self.conn.clone();
+        let guard = conn.stream_opened();
+        let progress = StreamProgress::new();
+        let req = req.map(|body| Tracked::new(body, progress.clone(), conn.clone()));
         Box::pin(async move {
             let Some(id) = protocol::lookup(req.uri().path()) else {
                 state
@@ -81,7 +98,9 @@ impl tower::Service<http::Request<Incoming>> for Handler {
             state.metrics.method(id).calls_in.inc();
             let response = match method.policy {
                 Policy::Async => {
-                    let svc = tower::service_fn(move |r| receive::receive(state.clone(), id, r));
+                    let svc = tower::service_fn(move |r| {
+                        receive::receive(state.clone(), conn.clone(), progress.clone(), id, r)
+                    });
                     grpc.client_streaming(svc, req).await
                 }
                 Policy::Sync | Policy::Query => {
@@ -93,7 +112,7 @@ impl tower::Service<http::Request<Incoming>> for Handler {
                     grpc.streaming(svc, req).await
                 }
             };
-            Ok(response)
+            Ok(response.map(|body| tonic::body::Body::new(Guarded::new(body, guard))))
         })
     }
 }

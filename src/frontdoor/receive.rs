@@ -1,20 +1,36 @@
 //! The async path: every message of the call is queued before the agent is answered OK.
 //! While the queue is full the next message is not read, so HTTP/2 flow control slows
 //! the agent instead of satmesh dropping anything.
+//!
+//! On a draining connection a stream the agent keeps open is ended here with OK at a
+//! quiet moment between two messages (`ConnInfo::stream_may_end`), once everything
+//! received was queued; the agent opens its next stream on a new connection.
+//!
+//! Cancel-safety: `Streaming::message()` is a `poll_fn` over the `Streaming`, which keeps
+//! a partly received message in its own buffer, so dropping the future between polls
+//! loses nothing. The stream is ended only when `message()` is pending *and* the framing
+//! tracker says every byte received forms whole messages (tonic's buffer is then empty),
+//! after one last non-blocking poll for a message that arrived meanwhile. What the agent
+//! sends after that instant, before it sees the OK (about one network round trip), is
+//! not read: the quiet period makes that unlikely for bursty senders, not impossible.
 
 use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::Bytes;
+use futures_util::FutureExt;
 use tonic::{Request, Response, Status, Streaming};
 
-use super::{State, refuse};
+use super::stream::StreamProgress;
+use super::{ConnInfo, State, refuse};
 use crate::config::RoutePolicy;
 use crate::pipeline::{Event, key_of};
 use crate::protocol::MethodId;
 
 pub async fn receive(
     state: Arc<State>,
+    conn: Arc<ConnInfo>,
+    progress: Arc<StreamProgress>,
     method: MethodId,
     req: Request<Streaming<Bytes>>,
 ) -> Result<Response<Bytes>, Status> {
@@ -31,8 +47,31 @@ pub async fn receive(
     let payload_kind = crate::protocol::method(method).payload;
     let mut key = None;
     let mut stream = req.into_inner();
+    let where_it_stands = || (progress.last_data(), progress.at_boundary());
+    // One waiter for the whole call while serving: no per-message registration.
+    let mut draining = std::pin::pin!(conn.drain.clone().cancelled_owned());
+    let mut drain_seen = conn.is_draining();
     loop {
-        let payload = match stream.message().await {
+        let next = tokio::select! {
+            biased;
+            next = stream.message() => next,
+            _ = &mut draining, if !drain_seen => {
+                drain_seen = true;
+                continue;
+            }
+            _ = conn.stream_may_end(where_it_stands), if drain_seen => {
+                // A message may have completed since `message()` was last polled.
+                match stream.message().now_or_never() {
+                    Some(next) => next,
+                    None if progress.at_boundary() => {
+                        state.metrics.front_door.streams_ended.inc();
+                        break;
+                    }
+                    None => continue,
+                }
+            }
+        };
+        let payload = match next {
             Ok(Some(payload)) => payload,
             Ok(None) => break,
             Err(status) => return Err(refuse(&state, status)),

@@ -363,3 +363,113 @@ pub fn digest(payloads: &[Bytes]) -> u64 {
         .iter()
         .fold(0u64, |acc, p| acc.wrapping_add(satmesh::sink::fnv1a(p)))
 }
+
+// ---------------------------------------------------------------------------------------
+// Connection lifecycle: the front door's admin routes, and the real agents' binaries.
+
+impl Proc {
+    pub async fn post(&self, path: &str) -> (u16, String) {
+        let url = format!("http://{}{path}", self.admin);
+        let r = reqwest::Client::new()
+            .post(&url)
+            .send()
+            .await
+            .expect("admin request");
+        (r.status().as_u16(), r.text().await.expect("body"))
+    }
+
+    /// `GET /connections`: the limit, counts by reason and every live connection.
+    pub async fn connections(&self) -> Value {
+        let (_, body) = self.get("/connections").await;
+        serde_json::from_str(&body).expect("connections json")
+    }
+
+    /// Ids of the live connections in `state` (`serving`, `draining`), oldest first.
+    pub async fn connection_ids(&self, state: &str) -> Vec<u64> {
+        self.connections().await["connections"]
+            .as_array()
+            .expect("connections array")
+            .iter()
+            .filter(|c| c["state"] == state)
+            .map(|c| c["id"].as_u64().expect("id"))
+            .collect()
+    }
+
+    /// Drains connection `id` (reason `shed`); true if it was serving.
+    pub async fn drain_connection(&self, id: u64) -> bool {
+        let (status, body) = self.post(&format!("/connections/drain?id={id}")).await;
+        assert_eq!(status, 200, "{body}");
+        let v: Value = serde_json::from_str(&body).expect("drain json");
+        v["drained"] == 1
+    }
+}
+
+static PYTHON_VENV: tokio::sync::OnceCell<std::path::PathBuf> = tokio::sync::OnceCell::const_new();
+static RUST_AGENT: tokio::sync::OnceCell<std::path::PathBuf> = tokio::sync::OnceCell::const_new();
+
+/// The Python interpreter of `target/agents-venv` (apache-skywalking 1.2.0), made by
+/// tests/agents/setup.sh on first use.
+pub async fn python_bin() -> std::path::PathBuf {
+    PYTHON_VENV
+        .get_or_init(|| async {
+            let repo = env!("CARGO_MANIFEST_DIR");
+            let out = Command::new("bash")
+                .arg(format!("{repo}/tests/agents/setup.sh"))
+                .output()
+                .await
+                .expect("run tests/agents/setup.sh");
+            assert!(
+                out.status.success(),
+                "tests/agents/setup.sh failed:\n{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            std::path::Path::new(repo).join("target/agents-venv/bin/python")
+        })
+        .await
+        .clone()
+}
+
+/// `sw-rust-agent` (tests/rust-agent), built next to the satmesh binary under test.
+pub async fn rust_agent_bin() -> std::path::PathBuf {
+    RUST_AGENT
+        .get_or_init(|| async {
+            let profile_dir = std::path::Path::new(BIN).parent().expect("binary dir");
+            let target_dir = profile_dir.parent().expect("target dir");
+            let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
+            let mut cmd = Command::new(cargo);
+            cmd.current_dir(env!("CARGO_MANIFEST_DIR"))
+                .args([
+                    "build",
+                    "-p",
+                    "satmesh-rust-agent",
+                    "--bin",
+                    "sw-rust-agent",
+                ])
+                .arg("--target-dir")
+                .arg(target_dir);
+            if profile_dir.file_name().is_some_and(|n| n == "release") {
+                cmd.arg("--release");
+            }
+            let out = cmd
+                .output()
+                .await
+                .expect("cargo build -p satmesh-rust-agent");
+            assert!(
+                out.status.success(),
+                "cannot build sw-rust-agent (needs protoc):\n{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            profile_dir.join("sw-rust-agent")
+        })
+        .await
+        .clone()
+}
+
+/// The JSON summary line an agent printed last on stdout.
+pub fn agent_summary(stdout: &[u8]) -> Value {
+    let text = String::from_utf8_lossy(stdout);
+    text.lines()
+        .rev()
+        .find_map(|l| serde_json::from_str(l.trim()).ok())
+        .unwrap_or_else(|| panic!("the agent printed no JSON summary:\n{text}"))
+}

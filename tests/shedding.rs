@@ -1,0 +1,161 @@
+//! Cluster-aware shedding with real satmesh processes: a tier that scales out from one
+//! peer rebalances a synthetic fleet of 300 agents that dial the peers
+//! first-address-first, without losing a message.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use common::*;
+use satmesh::load::{self, LoadSpec, Progress};
+use tokio_util::sync::CancellationToken;
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn free_udp_port() -> u16 {
+    std::net::UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+async fn start_peer(i: usize, grpc: u16, gossip: &[u16], oaps: &[SocketAddr]) -> Proc {
+    let seeds: Vec<String> = gossip.iter().map(|p| format!("127.0.0.1:{p}")).collect();
+    let seeds = seeds.join(",");
+    let (id, listen, glisten) = (
+        format!("peer-{i}"),
+        format!("127.0.0.1:{grpc}"),
+        format!("127.0.0.1:{}", gossip[i]),
+    );
+    let envs = [
+        ("SATMESH__CLUSTER__NODE_ID", id.as_str()),
+        ("SATMESH__CLUSTER__GOSSIP_LISTEN", glisten.as_str()),
+        ("SATMESH__CLUSTER__SEEDS", seeds.as_str()),
+        ("SATMESH__SERVER__LISTEN", listen.as_str()),
+    ];
+    satmesh_env(oaps, "", &envs).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scale_out_rebalances_a_first_address_fleet_without_loss() {
+    let sinks = [sink(&[]).await, sink(&[]).await];
+    let oaps: Vec<SocketAddr> = sinks.iter().map(|s| s.grpc).collect();
+    let grpc: Vec<u16> = (0..3).map(|_| free_port()).collect();
+    let gossip: Vec<u16> = (0..3).map(|_| free_udp_port()).collect();
+    let targets: Vec<SocketAddr> = grpc
+        .iter()
+        .map(|p| SocketAddr::from(([127, 0, 0, 1], *p)))
+        .collect();
+
+    // One peer first: every agent lands on it.
+    let mut peers = vec![start_peer(0, grpc[0], &gossip, &oaps).await];
+    ready(&peers[0]).await;
+    const AGENTS: u64 = 300;
+    let progress = Arc::new(Progress::default());
+    let stop = CancellationToken::new();
+    let fleet = tokio::spawn(load::run(
+        LoadSpec {
+            targets: targets.clone(),
+            connections: AGENTS as usize,
+            streams_per_connection: 1,
+            messages_per_call: 5,
+            message_bytes: 300,
+            duration: Duration::from_secs(120),
+            max_messages: None,
+            call_interval: Duration::from_millis(200),
+        },
+        progress.clone(),
+        stop.clone(),
+    ));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while peers[0].metric("satmesh_agent_connections").await < AGENTS as f64 {
+        assert!(Instant::now() < deadline, "the fleet never connected");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // Scale out to three peers and time the rebalancing.
+    for i in 1..3 {
+        peers.push(start_peer(i, grpc[i], &gossip, &oaps).await);
+    }
+    let started = Instant::now();
+    let mean = AGENTS as f64 / 3.0;
+    let balanced = loop {
+        let mut counts = Vec::new();
+        for p in &peers {
+            counts.push(p.metric("satmesh_agent_connections").await);
+        }
+        let max = counts.iter().cloned().fold(0.0, f64::max);
+        if max / mean <= 1.25 && counts.iter().sum::<f64>() >= AGENTS as f64 {
+            break started.elapsed();
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "not balanced in 60 s: {counts:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    // It settles (5 s without a shed), then nobody sheds again: no oscillation.
+    let mut moves = sheds(&peers).await;
+    loop {
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        let now = sheds(&peers).await;
+        if now == moves {
+            break;
+        }
+        moves = now;
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "still shedding 60 s after scale-out"
+        );
+    }
+    let settled = started.elapsed();
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    assert_eq!(
+        sheds(&peers).await,
+        moves,
+        "peers shed again after the tier settled"
+    );
+    let min_moves = AGENTS as f64 - (AGENTS as f64 / 3.0).ceil();
+    assert!(
+        moves <= 2.0 * min_moves,
+        "{moves} moves, minimum {min_moves}"
+    );
+
+    // Zero loss: everything the agents were told was accepted reaches the OAPs.
+    stop.cancel();
+    let _ = fleet.await;
+    let acked = progress.messages.load(Ordering::Relaxed);
+    for p in &mut peers {
+        assert!(p.terminate(Duration::from_secs(40)).await.success());
+    }
+    let mut arrived = 0;
+    for s in &sinks {
+        arrived += method_count(&s.counts().await, satmesh::load::SEGMENT_PATH, "messages");
+    }
+    assert!(arrived >= acked, "acknowledged {acked}, arrived {arrived}");
+    println!(
+        "shedding: balanced (max/mean <= 1.25) {:.1} s after scale-out, settled by {:.1} s, {moves} moves (minimum {min_moves}), {acked} messages acknowledged, {arrived} arrived",
+        balanced.as_secs_f64(),
+        settled.as_secs_f64()
+    );
+}
+
+async fn sheds(peers: &[Proc]) -> f64 {
+    let mut total = 0.0;
+    for p in peers {
+        total += p
+            .metric("satmesh_connections_drained_total{reason=\"shed\"}")
+            .await;
+    }
+    total
+}
