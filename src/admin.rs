@@ -22,12 +22,21 @@ pub struct AdminState {
     pub front_door: crate::frontdoor::Connections,
     /// Set at shutdown: the peer stops being ready before it stops serving.
     pub draining: AtomicBool,
+    /// The tier as this peer sees it, for the tier-wide gauges.
+    pub tier: tokio::sync::watch::Receiver<std::sync::Arc<satmesh_cluster::ClusterView>>,
+    /// `balance.target_connections_per_pod`.
+    pub target_per_pod: u64,
 }
 
 impl AdminState {
     pub fn set_draining(&self) {
         self.draining.store(true, Ordering::Relaxed);
     }
+}
+
+/// Replicas the tier needs for `connections` at `per_pod` each (at least 1).
+pub fn desired_replicas(connections: u64, per_pod: u64) -> u64 {
+    connections.div_ceil(per_pod.max(1)).max(1)
 }
 
 async fn metrics(
@@ -39,7 +48,20 @@ async fn metrics(
     m.queue_bytes.set(depth.bytes as i64);
     m.queue_capacity_events.set(depth.capacity_events as i64);
     m.queue_capacity_bytes.set(depth.capacity_bytes as i64);
-    m.connections_open.set(s.front_door.len() as i64);
+    let open = s.front_door.len();
+    m.connections_open.set(open as i64);
+    let limit = s.front_door.limit();
+    m.connection_utilisation.set(if limit > 0 {
+        open as f64 / limit as f64
+    } else {
+        0.0
+    });
+    let totals = s.tier.borrow().totals();
+    m.tier_connections.set(totals.connections as i64);
+    m.tier_connection_limit.set(totals.connection_limit as i64);
+    m.tier_peers.set(totals.live as i64);
+    m.tier_desired_replicas
+        .set(desired_replicas(totals.connections, s.target_per_pod) as i64);
     ([("content-type", "text/plain; version=0.0.4")], m.render())
 }
 
@@ -68,5 +90,17 @@ pub async fn serve(listener: TcpListener, router: Router, stop: CancellationToke
         .await;
     if let Err(e) = result {
         tracing::error!(error = %e, "admin server failed");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn desired_replicas_round_up_and_never_reach_zero() {
+        use super::desired_replicas;
+        assert_eq!(desired_replicas(0, 3000), 1);
+        assert_eq!(desired_replicas(3000, 3000), 1);
+        assert_eq!(desired_replicas(3001, 3000), 2);
+        assert_eq!(desired_replicas(9000, 3000), 3);
     }
 }

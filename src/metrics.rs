@@ -33,6 +33,14 @@ pub struct Metrics {
     pub upstream_latency: HistogramVec,
     pub upstream_up: IntGaugeVec,
     pub upstream_failures: IntCounterVec,
+    /// For an HPA and people: this pod's open connections over its limit (0 without one).
+    pub connection_utilisation: prometheus::Gauge,
+    /// Tier-wide, from gossip: open connections of live peers, their limits, live peers.
+    pub tier_connections: IntGauge,
+    pub tier_connection_limit: IntGauge,
+    pub tier_peers: IntGauge,
+    /// ceil(tier connections / balance.target_connections_per_pod), at least 1.
+    pub tier_desired_replicas: IntGauge,
     /// Messages each OAP node acknowledged.
     pub upstream_messages: IntCounterVec,
     dropped: IntCounterVec,
@@ -290,6 +298,31 @@ impl Metrics {
                 "satmesh_upstream_failures_total",
                 "Failed upstream calls and connection attempts per OAP node",
                 &["node"],
+            ),
+            connection_utilisation: {
+                let g = prometheus::Gauge::new(
+                    "satmesh_connection_utilisation",
+                    "Open agent connections over satmesh_connection_limit (0 without a limit)",
+                )
+                .expect("valid metric");
+                r.register(Box::new(g.clone())).expect("unique metric");
+                g
+            },
+            tier_connections: gauge(
+                &r,
+                "satmesh_tier_connections",
+                "Open agent connections of the live peers of the tier (gossip)",
+            ),
+            tier_connection_limit: gauge(
+                &r,
+                "satmesh_tier_connection_limit",
+                "Connection limits of the live ready peers of the tier (gossip)",
+            ),
+            tier_peers: gauge(&r, "satmesh_tier_peers", "Live peers of the tier (gossip)"),
+            tier_desired_replicas: gauge(
+                &r,
+                "satmesh_tier_desired_replicas",
+                "Peers the tier needs: ceil(tier connections / balance.target_connections_per_pod)",
             ),
             upstream_messages: counter_vec(
                 &r,

@@ -187,6 +187,8 @@ pub async fn run(
         pool: pool.clone(),
         front_door: connections.clone(),
         draining: AtomicBool::new(false),
+        tier: tier.watch(),
+        target_per_pod: config.balance.target_connections_per_pod,
     });
     let stop_admin = CancellationToken::new();
     let status = Arc::new(crate::tier::TierStatus {

@@ -131,6 +131,15 @@ async fn scale_out_rebalances_a_first_address_fleet_without_loss() {
         "{moves} moves, minimum {min_moves}"
     );
 
+    // The HPA's view: tier totals from gossip on every peer, and the replicas they need.
+    for p in &peers {
+        assert_eq!(p.metric("satmesh_tier_connections").await, AGENTS as f64);
+        assert_eq!(p.metric("satmesh_tier_peers").await, 3.0);
+        assert_eq!(p.metric("satmesh_tier_desired_replicas").await, 1.0, "300 / 3000 per pod");
+        let util = p.metric("satmesh_connection_utilisation").await;
+        assert!(util > 0.0 && util < 0.05, "about 100 of 4000: {util}");
+    }
+
     // Zero loss: everything the agents were told was accepted reaches the OAPs.
     stop.cancel();
     let _ = fleet.await;
