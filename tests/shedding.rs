@@ -46,16 +46,57 @@ async fn start_peer(i: usize, grpc: u16, gossip: &[u16], oaps: &[SocketAddr]) ->
     satmesh_env(oaps, "", &envs).await
 }
 
+/// An L4 virtual IP, as a Kubernetes ClusterIP: each connection goes to a random
+/// backend that accepts, bytes copied both ways.
+async fn vip(backends: Vec<SocketAddr>) -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut client, _)) = listener.accept().await else {
+                return;
+            };
+            let backends = backends.clone();
+            tokio::spawn(async move {
+                for _ in 0..20 {
+                    let pick = backends[rand::random_range(0..backends.len())];
+                    if let Ok(mut server) = tokio::net::TcpStream::connect(pick).await {
+                        let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn scale_out_rebalances_a_first_address_fleet_without_loss() {
+    scale_out(|peers| async move { peers }).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scale_out_rebalances_a_fleet_behind_a_virtual_ip_without_loss() {
+    scale_out(|peers| async move { vec![vip(peers).await] }).await;
+}
+
+/// Every agent on one peer, then two more peers: the tier rebalances, settles, and loses
+/// nothing. `dial` turns the peers' addresses into what the fleet dials.
+async fn scale_out<F, Fut>(dial: F)
+where
+    F: FnOnce(Vec<SocketAddr>) -> Fut,
+    Fut: std::future::Future<Output = Vec<SocketAddr>>,
+{
     let sinks = [sink(&[]).await, sink(&[]).await];
     let oaps: Vec<SocketAddr> = sinks.iter().map(|s| s.grpc).collect();
     let grpc: Vec<u16> = (0..3).map(|_| free_port()).collect();
     let gossip: Vec<u16> = (0..3).map(|_| free_udp_port()).collect();
-    let targets: Vec<SocketAddr> = grpc
+    let addrs: Vec<SocketAddr> = grpc
         .iter()
         .map(|p| SocketAddr::from(([127, 0, 0, 1], *p)))
         .collect();
+    let targets = dial(addrs).await;
 
     // One peer first: every agent lands on it.
     let mut peers = vec![start_peer(0, grpc[0], &gossip, &oaps).await];
@@ -135,7 +176,11 @@ async fn scale_out_rebalances_a_first_address_fleet_without_loss() {
     for p in &peers {
         assert_eq!(p.metric("satmesh_tier_connections").await, AGENTS as f64);
         assert_eq!(p.metric("satmesh_tier_peers").await, 3.0);
-        assert_eq!(p.metric("satmesh_tier_desired_replicas").await, 1.0, "300 / 3000 per pod");
+        assert_eq!(
+            p.metric("satmesh_tier_desired_replicas").await,
+            1.0,
+            "300 / 3000 per pod"
+        );
         let util = p.metric("satmesh_connection_utilisation").await;
         assert!(util > 0.0 && util < 0.05, "about 100 of 4000: {util}");
     }
