@@ -10,6 +10,7 @@
 //!    reporting it unhealthy (includes the deliberate 0.5 s damping before a peer reports
 //!    a node down), and until every peer routes with the new ring;
 //! 3. a peer killed with SIGKILL until every other peer shows it dead.
+//!
 //! Each is repeated where it can be and reported as min / median / max.
 
 use std::net::SocketAddr;
@@ -41,18 +42,34 @@ async fn spawn(bin: &str, args: &[&str], envs: &[(&str, String)]) -> Proc {
     let line = lines.next_line().await.unwrap().expect("listening line");
     tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
     let field = |name: &str| -> SocketAddr {
-        line.split_whitespace().find_map(|w| w.strip_prefix(name)).unwrap().parse().unwrap()
+        line.split_whitespace()
+            .find_map(|w| w.strip_prefix(name))
+            .unwrap()
+            .parse()
+            .unwrap()
     };
-    Proc { child, grpc: field("grpc="), admin: field("admin=") }
+    Proc {
+        child,
+        grpc: field("grpc="),
+        admin: field("admin="),
+    }
 }
 
 async fn status(http: &reqwest::Client, p: &Proc) -> Option<Value> {
-    let r = http.get(format!("http://{}/status", p.admin)).send().await.ok()?;
+    let r = http
+        .get(format!("http://{}/status", p.admin))
+        .send()
+        .await
+        .ok()?;
     r.json().await.ok()
 }
 
 /// Polls `peers` until `check` holds on every one; returns the time it took.
-async fn until(http: &reqwest::Client, peers: &[&Proc], check: impl Fn(&Value) -> bool) -> Duration {
+async fn until(
+    http: &reqwest::Client,
+    peers: &[&Proc],
+    check: impl Fn(&Value) -> bool,
+) -> Duration {
     let start = Instant::now();
     loop {
         let mut all = true;
@@ -62,7 +79,10 @@ async fn until(http: &reqwest::Client, peers: &[&Proc], check: impl Fn(&Value) -
         if all {
             return start.elapsed();
         }
-        assert!(start.elapsed() < Duration::from_secs(120), "no convergence in 120 s");
+        assert!(
+            start.elapsed() < Duration::from_secs(120),
+            "no convergence in 120 s"
+        );
         tokio::time::sleep(POLL).await;
     }
 }
@@ -85,14 +105,25 @@ fn summary(label: &str, mut xs: Vec<Duration>) {
 
 #[tokio::main]
 async fn main() {
-    let n: usize = std::env::args().nth(1).map_or(3, |a| a.parse().expect("peer count"));
+    let n: usize = std::env::args()
+        .nth(1)
+        .map_or(3, |a| a.parse().expect("peer count"));
     let bin = concat!(env!("CARGO_MANIFEST_DIR"), "/target/release/satmesh");
     let http = reqwest::Client::new();
     let sink_args = ["sink", "--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0"];
-    let mut sinks = vec![spawn(bin, &sink_args, &[]).await, spawn(bin, &sink_args, &[]).await];
+    let mut sinks = vec![
+        spawn(bin, &sink_args, &[]).await,
+        spawn(bin, &sink_args, &[]).await,
+    ];
     let oaps: Vec<String> = sinks.iter().map(|s| s.grpc.to_string()).collect();
     let ports: Vec<u16> = (0..n)
-        .map(|_| std::net::UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port())
+        .map(|_| {
+            std::net::UdpSocket::bind("127.0.0.1:0")
+                .unwrap()
+                .local_addr()
+                .unwrap()
+                .port()
+        })
         .collect();
     let seeds: Vec<String> = ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
     let mut peers = Vec::new();
@@ -102,19 +133,28 @@ async fn main() {
             ("SATMESH__ADMIN__LISTEN", "127.0.0.1:0".to_owned()),
             ("SATMESH__UPSTREAM__STATIC", oaps.join(",")),
             ("SATMESH__CLUSTER__NODE_ID", format!("peer-{i}")),
-            ("SATMESH__CLUSTER__GOSSIP_LISTEN", format!("127.0.0.1:{port}")),
+            (
+                "SATMESH__CLUSTER__GOSSIP_LISTEN",
+                format!("127.0.0.1:{port}"),
+            ),
             ("SATMESH__CLUSTER__SEEDS", seeds.join(",")),
         ];
         peers.push(spawn(bin, &["run"], &envs).await);
     }
     let all: Vec<&Proc> = peers.iter().collect();
     let formed = until(&http, &all, |s| {
-        s["totals"]["peers_live"] == n && s["ring"]["members"].as_array().is_some_and(|m| m.len() == 2)
+        s["totals"]["peers_live"] == n
+            && s["ring"]["members"]
+                .as_array()
+                .is_some_and(|m| m.len() == 2)
             && s["ring"]["all_live_peers_agree"] == true
     })
     .await;
     println!("{n} peers, 2 OAPs, shipped defaults (gossip 500 ms)");
-    println!("tier formed (all live, one ring of 2 OAPs) after {:.1} s", formed.as_secs_f64());
+    println!(
+        "tier formed (all live, one ring of 2 OAPs) after {:.1} s",
+        formed.as_secs_f64()
+    );
 
     // 1. A connection count change on peer 0, seen by every peer.
     let mut changes = Vec::new();
@@ -124,9 +164,17 @@ async fn main() {
             .connect()
             .await
             .unwrap();
-        changes.push(until(&http, &all, |s| peer(s, "peer-0").is_some_and(|p| p["connections"] == 1)).await);
+        changes.push(
+            until(&http, &all, |s| {
+                peer(s, "peer-0").is_some_and(|p| p["connections"] == 1)
+            })
+            .await,
+        );
         drop(channel);
-        until(&http, &all, |s| peer(s, "peer-0").is_some_and(|p| p["connections"] == 0)).await;
+        until(&http, &all, |s| {
+            peer(s, "peer-0").is_some_and(|p| p["connections"] == 0)
+        })
+        .await;
     }
     summary("connection count change visible on every peer", changes);
 
@@ -137,11 +185,18 @@ async fn main() {
     let started = Instant::now();
     gone.child.kill().await.unwrap();
     let seen = until(&http, &all, |s| {
-        s["peers"].as_array().is_some_and(|ps| ps.iter().filter(|p| p["live"] == true).all(|p| p["oap_view"][&gone_addr] == false))
+        s["peers"].as_array().is_some_and(|ps| {
+            ps.iter()
+                .filter(|p| p["live"] == true)
+                .all(|p| p["oap_view"][&gone_addr] == false)
+        })
     })
     .await;
     until(&http, &all, |s| {
-        s["ring"]["members"].as_array().is_some_and(|m| m.len() == 1) && s["ring"]["all_live_peers_agree"] == true
+        s["ring"]["members"]
+            .as_array()
+            .is_some_and(|m| m.len() == 1)
+            && s["ring"]["all_live_peers_agree"] == true
     })
     .await;
     println!(
@@ -158,7 +213,12 @@ async fn main() {
         let id = format!("peer-{victim}");
         peers[victim].child.kill().await.unwrap();
         let survivors: Vec<&Proc> = peers[..victim].iter().collect();
-        deaths.push(until(&http, &survivors, |s| peer(s, &id).is_some_and(|p| p["live"] == false)).await);
+        deaths.push(
+            until(&http, &survivors, |s| {
+                peer(s, &id).is_some_and(|p| p["live"] == false)
+            })
+            .await,
+        );
     }
     summary("killed peer declared dead on every other peer", deaths);
 }

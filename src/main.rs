@@ -166,12 +166,24 @@ fn main() -> ExitCode {
             init_logs(config.log.format, &config.log.filter);
             report(runtime().block_on(run(config)))
         }
-        Command::Demo { agents, peers, duration } => {
+        Command::Demo {
+            agents,
+            peers,
+            duration,
+        } => {
             init_logs(LogFormat::Text, "warn");
             let stop = CancellationToken::new();
             report(runtime().block_on(async move {
                 tokio::spawn(signals(stop.clone()));
-                satmesh::demo::run(satmesh::demo::DemoSpec { agents, peers, duration }, stop).await
+                satmesh::demo::run(
+                    satmesh::demo::DemoSpec {
+                        agents,
+                        peers,
+                        duration,
+                    },
+                    stop,
+                )
+                .await
             }))
         }
         Command::Bench {

@@ -274,7 +274,15 @@ impl crate::status::StatusSource for TierStatus {
             .pool
             .nodes()
             .iter()
-            .map(|n| (n.label.clone(), self.metrics.upstream_messages.with_label_values(&[&n.label]).get()))
+            .map(|n| {
+                (
+                    n.label.clone(),
+                    self.metrics
+                        .upstream_messages
+                        .with_label_values(&[&n.label])
+                        .get(),
+                )
+            })
             .collect();
         let now_ms = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)

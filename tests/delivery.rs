@@ -487,13 +487,20 @@ async fn oap_nodes_come_from_a_dns_name() {
 async fn any_keyed_protocol_can_be_routed_fixed_and_unkeyed_ones_cannot() {
     const LOGS: &str = "/skywalking.v3.LogReportService/collect";
     let (a, b) = (sink(&[]).await, sink(&[]).await);
-    let peer = satmesh(&[a.grpc, b.grpc], "routing:\n  protocols:\n    log: fixed\n").await;
+    let peer = satmesh(
+        &[a.grpc, b.grpc],
+        "routing:\n  protocols:\n    log: fixed\n",
+    )
+    .await;
     // Alone, the peer's ring holds the OAP nodes it has seen up for a while.
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         let (_, body) = peer.get("/status").await;
         let s: serde_json::Value = serde_json::from_str(&body).unwrap();
-        if s["ring"]["members"].as_array().is_some_and(|m| m.len() == 2) {
+        if s["ring"]["members"]
+            .as_array()
+            .is_some_and(|m| m.len() == 2)
+        {
             break;
         }
         assert!(Instant::now() < deadline, "ring never formed: {s}");
@@ -502,7 +509,9 @@ async fn any_keyed_protocol_can_be_routed_fixed_and_unkeyed_ones_cannot() {
     let client = Client::connect(peer.grpc).await;
     for round in 0..4 {
         for i in 0..20 {
-            let batch: Vec<Bytes> = (0..3).map(|k| log("svc", &format!("i{i}"), round * 10 + k)).collect();
+            let batch: Vec<Bytes> = (0..3)
+                .map(|k| log("svc", &format!("i{i}"), round * 10 + k))
+                .collect();
             client.stream(LOGS, batch, md(&[])).await.unwrap();
         }
     }
@@ -517,12 +526,23 @@ async fn any_keyed_protocol_can_be_routed_fixed_and_unkeyed_ones_cannot() {
     };
     assert_eq!(total(&ca) + total(&cb), 240);
     let on = |c: &serde_json::Value| -> Vec<String> {
-        c["logs"].as_array().unwrap().iter().map(|e| e["instance"].as_str().unwrap().to_owned()).collect()
+        c["logs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["instance"].as_str().unwrap().to_owned())
+            .collect()
     };
     let (ia, ib) = (on(&ca), on(&cb));
-    assert!(ia.iter().all(|i| !ib.contains(i)), "an instance's logs at one OAP only: {ia:?} / {ib:?}");
+    assert!(
+        ia.iter().all(|i| !ib.contains(i)),
+        "an instance's logs at one OAP only: {ia:?} / {ib:?}"
+    );
     assert_eq!(ia.len() + ib.len(), 20);
-    assert!(!ia.is_empty() && !ib.is_empty(), "instances spread over both OAPs");
+    assert!(
+        !ia.is_empty() && !ib.is_empty(),
+        "instances spread over both OAPs"
+    );
 
     // A protocol whose messages carry no service and instance cannot be fixed.
     let out = std::process::Command::new(BIN)

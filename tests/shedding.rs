@@ -125,8 +125,8 @@ where
     }
 
     // Scale out to three peers and time the rebalancing.
-    for i in 1..3 {
-        peers.push(start_peer(i, grpc[i], &gossip, &oaps).await);
+    for (i, port) in grpc.iter().enumerate().skip(1) {
+        peers.push(start_peer(i, *port, &gossip, &oaps).await);
     }
     let started = Instant::now();
     let mean = AGENTS as f64 / 3.0;

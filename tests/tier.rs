@@ -15,7 +15,11 @@ use serde_json::Value;
 const METERS: &str = "/skywalking.v3.MeterReportService/collect";
 
 fn free_udp_port() -> u16 {
-    std::net::UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 /// Starts `n` peers that seed each other, all in front of `oaps`.
@@ -55,15 +59,24 @@ async fn converged(peers: &[Proc], oaps: &[SocketAddr], within: Duration) -> Str
         let mut ok = true;
         for p in peers {
             let s = status(p).await;
-            let members: Vec<String> =
-                s["ring"]["members"].as_array().unwrap().iter().map(|m| m.as_str().unwrap().to_owned()).collect();
-            ok &= s["totals"]["peers_live"] == peers.len() && members == want && s["ring"]["all_live_peers_agree"] == true;
+            let members: Vec<String> = s["ring"]["members"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|m| m.as_str().unwrap().to_owned())
+                .collect();
+            ok &= s["totals"]["peers_live"] == peers.len()
+                && members == want
+                && s["ring"]["all_live_peers_agree"] == true;
             digests.push(s["ring"]["digest"].as_str().unwrap().to_owned());
         }
         if ok && digests.iter().all(|d| *d == digests[0]) {
             return digests[0].clone();
         }
-        assert!(start.elapsed() < within, "tier did not converge in {within:?}: digests {digests:?}");
+        assert!(
+            start.elapsed() < within,
+            "tier did not converge in {within:?}: digests {digests:?}"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
@@ -71,9 +84,13 @@ async fn converged(peers: &[Proc], oaps: &[SocketAddr], within: Duration) -> Str
 /// Meter messages of `instance`, one call, through `peer`.
 async fn report(peer: &Proc, instance: usize, n: usize, round: usize) {
     let client = Client::connect(peer.grpc).await;
-    let payloads: Vec<Bytes> =
-        (0..n).map(|k| meter("svc", &format!("inst-{instance}"), round * 1000 + k)).collect();
-    client.stream(METERS, payloads, md(&[])).await.expect("meters accepted");
+    let payloads: Vec<Bytes> = (0..n)
+        .map(|k| meter("svc", &format!("inst-{instance}"), round * 1000 + k))
+        .collect();
+    client
+        .stream(METERS, payloads, md(&[]))
+        .await
+        .expect("meters accepted");
 }
 
 /// instance -> sink index -> messages, over every sink.
@@ -82,13 +99,19 @@ async fn placement(sinks: &[&Proc]) -> BTreeMap<String, BTreeMap<usize, u64>> {
     for (i, sink) in sinks.iter().enumerate() {
         for e in sink.counts().await["meters"].as_array().unwrap() {
             let n = e["messages"].as_u64().unwrap();
-            out.entry(e["instance"].as_str().unwrap().to_owned()).or_default().insert(i, n);
+            out.entry(e["instance"].as_str().unwrap().to_owned())
+                .or_default()
+                .insert(i, n);
         }
     }
     out
 }
 
-async fn wait_total(sinks: &[&Proc], total: u64, within: Duration) -> BTreeMap<String, BTreeMap<usize, u64>> {
+async fn wait_total(
+    sinks: &[&Proc],
+    total: u64,
+    within: Duration,
+) -> BTreeMap<String, BTreeMap<usize, u64>> {
     let start = Instant::now();
     loop {
         let p = placement(sinks).await;
@@ -121,12 +144,20 @@ async fn fixed_routing_is_one_ring_across_peers_and_survives_agent_moves_and_oap
     assert_eq!(before.len(), INSTANCES);
     let mut owner = BTreeMap::new();
     for (instance, at) in &before {
-        assert_eq!(at.len(), 1, "{instance} reached one sink only, whichever peer carried it: {at:?}");
+        assert_eq!(
+            at.len(),
+            1,
+            "{instance} reached one sink only, whichever peer carried it: {at:?}"
+        );
         assert_eq!(at.values().sum::<u64>(), 10);
         owner.insert(instance.clone(), *at.keys().next().unwrap());
     }
     let used: std::collections::BTreeSet<usize> = owner.values().copied().collect();
-    assert_eq!(used.len(), 3, "30 instances spread over all 3 OAP nodes: {owner:?}");
+    assert_eq!(
+        used.len(),
+        3,
+        "30 instances spread over all 3 OAP nodes: {owner:?}"
+    );
 
     // Stop OAP 0: only its instances move, and each to one other node.
     let [mut gone, s1, s2] = sinks;
@@ -139,15 +170,27 @@ async fn fixed_routing_is_one_ring_across_peers_and_survives_agent_moves_and_oap
     for i in 0..INSTANCES {
         report(&peers[(i + 2) % 3], i, 5, 2).await;
     }
-    let expected_total: u64 = base.values().flat_map(|m| m.values()).sum::<u64>() + (INSTANCES * 5) as u64;
+    let expected_total: u64 =
+        base.values().flat_map(|m| m.values()).sum::<u64>() + (INSTANCES * 5) as u64;
     let after = wait_total(&survivors, expected_total, Duration::from_secs(15)).await;
     for (instance, &was) in &owner {
         let old = base.get(instance).cloned().unwrap_or_default();
         let now = &after[instance];
-        let grew: Vec<usize> = now.iter().filter(|(k, v)| old.get(k).copied().unwrap_or(0) < **v).map(|(k, _)| *k + 1).collect();
-        assert_eq!(grew.len(), 1, "{instance}'s new messages at exactly one node: {now:?} (was {old:?})");
+        let grew: Vec<usize> = now
+            .iter()
+            .filter(|(k, v)| old.get(k).copied().unwrap_or(0) < **v)
+            .map(|(k, _)| *k + 1)
+            .collect();
+        assert_eq!(
+            grew.len(),
+            1,
+            "{instance}'s new messages at exactly one node: {now:?} (was {old:?})"
+        );
         if was != 0 {
-            assert_eq!(grew[0], was, "{instance} was on a surviving node and must stay there");
+            assert_eq!(
+                grew[0], was,
+                "{instance} was on a surviving node and must stay there"
+            );
         }
     }
 }
