@@ -38,23 +38,6 @@ async fn send_segments(
     all
 }
 
-async fn assert_all_arrived(sink: &Proc, path: &str, sent: &[Bytes], within: Duration) {
-    let c = wait_for(sink, within, |c| {
-        method_count(c, path, "messages") >= sent.len() as u64
-    })
-    .await;
-    assert_eq!(
-        method_count(&c, path, "messages"),
-        sent.len() as u64,
-        "messages at the sink"
-    );
-    assert_eq!(
-        method_count(&c, path, "digest"),
-        digest(sent),
-        "payload bytes at the sink"
-    );
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_oap_down_for_a_while_then_back_loses_nothing() {
     let sink = sink(&[]).await;

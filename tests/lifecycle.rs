@@ -25,23 +25,6 @@ fn segments(tag: &str, from: usize, n: usize) -> Vec<Bytes> {
         .collect()
 }
 
-async fn assert_arrived(sink: &Proc, path: &str, sent: &[Bytes]) {
-    let c = wait_for(sink, Duration::from_secs(10), |c| {
-        method_count(c, path, "messages") >= sent.len() as u64
-    })
-    .await;
-    assert_eq!(
-        method_count(&c, path, "messages"),
-        sent.len() as u64,
-        "messages at the sink"
-    );
-    assert_eq!(
-        method_count(&c, path, "digest"),
-        digest(sent),
-        "payloads at the sink"
-    );
-}
-
 /// Polls `f` until it holds; panics with `what` after `within`.
 async fn eventually<F, Fut>(within: Duration, what: &str, f: F)
 where
@@ -111,7 +94,7 @@ async fn draining_one_connection_lets_its_open_stream_finish_and_loses_nothing()
         .expect("B untouched");
 
     let sent: Vec<Bytes> = [first, rest, later, b_sent].concat();
-    assert_arrived(&sink, SEGMENTS, &sent).await;
+    assert_all_arrived(&sink, SEGMENTS, &sent, Duration::from_secs(10)).await;
     let c = peer.connections().await;
     assert_eq!(c["drained"]["shed"], 1, "{c}");
     assert_eq!(c["serving"], 2, "B and A's new connection: {c}");
@@ -170,7 +153,7 @@ async fn a_long_lived_stream_on_a_draining_connection_is_ended_with_ok_between_m
         "ended {ended_after:?} after the drain"
     );
     assert!(sent.len() > 15, "the stream carried on while draining");
-    assert_arrived(&sink, SEGMENTS, &sent).await;
+    assert_all_arrived(&sink, SEGMENTS, &sent, Duration::from_secs(10)).await;
     assert_eq!(
         peer.metric("satmesh_streams_ended_on_drain_total").await,
         1.0
@@ -237,7 +220,7 @@ async fn a_stream_is_never_ended_inside_a_message() {
     }
     let trailers = body.trailers().await.unwrap().expect("trailers");
     assert_eq!(trailers["grpc-status"], "0", "{trailers:?}");
-    assert_arrived(&sink, SEGMENTS, &[message]).await;
+    assert_all_arrived(&sink, SEGMENTS, &[message], Duration::from_secs(10)).await;
 }
 
 /// The Python agent (grpc-core pick-first) with `ipv4:FULL,OTHER`: the full peer resets
@@ -386,7 +369,7 @@ async fn max_connection_age_drains_a_connection_after_about_its_age() {
         retried <= 4,
         "at most one failed call per drain ({retried})"
     );
-    assert_arrived(&sink, SEGMENTS, &sent).await;
+    assert_all_arrived(&sink, SEGMENTS, &sent, Duration::from_secs(10)).await;
     let drained = peer
         .metric("satmesh_connections_drained_total{reason=\"age\"}")
         .await;

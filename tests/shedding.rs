@@ -13,22 +13,6 @@ use common::*;
 use satmesh::load::{self, LoadSpec, Progress};
 use tokio_util::sync::CancellationToken;
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn free_udp_port() -> u16 {
-    std::net::UdpSocket::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 async fn start_peer(i: usize, grpc: u16, gossip: &[u16], oaps: &[SocketAddr]) -> Proc {
     let seeds: Vec<String> = gossip.iter().map(|p| format!("127.0.0.1:{p}")).collect();
     let seeds = seeds.join(",");

@@ -14,14 +14,6 @@ use serde_json::Value;
 
 const METERS: &str = "/skywalking.v3.MeterReportService/collect";
 
-fn free_udp_port() -> u16 {
-    std::net::UdpSocket::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// Starts `n` peers that seed each other, all in front of `oaps`.
 async fn tier(n: usize, oaps: &[SocketAddr]) -> Vec<Proc> {
     let ports: Vec<u16> = (0..n).map(|_| free_udp_port()).collect();

@@ -240,14 +240,18 @@ impl ConnInfo {
 
     /// Asks for a drain at `at`. A serving connection keeps the earliest request; a
     /// draining one only has its hard close brought forward to `at + grace`. Returns
-    /// whether the connection was serving.
+    /// whether this request set the connection's next drain (false when it is draining,
+    /// closed, or already has a drain due no later than `at`).
     pub fn schedule_drain(&self, at: Instant, reason: DrainReason, grace: Duration) -> bool {
         let mut phase = self.phase();
         let serving = match &mut phase.state {
+            // A drain already due no later than `at` makes this one a no-op: a connection
+            // asked twice is drained once (and the second caller is told so).
             ConnState::Serving => {
-                if phase.pending.is_none_or(|p| at < p.at) {
-                    phase.pending = Some(Pending { at, reason, grace });
+                if phase.pending.is_some_and(|p| p.at <= at) {
+                    return false;
                 }
+                phase.pending = Some(Pending { at, reason, grace });
                 true
             }
             ConnState::Draining { hard_close_at, .. } => {

@@ -226,7 +226,8 @@ async fn the_earliest_drain_wins_and_a_later_one_only_brings_the_hard_close_forw
     let (fake, task) = run(info.clone(), false);
     assert!(info.schedule_drain(t0 + s(100.0), DrainReason::Age, s(60.0)));
     assert!(info.schedule_drain(t0 + s(2.0), DrainReason::Shed, s(60.0)));
-    assert!(info.schedule_drain(t0 + s(50.0), DrainReason::Limit, s(60.0)));
+    // A later request than the one pending adds nothing, and says so.
+    assert!(!info.schedule_drain(t0 + s(50.0), DrainReason::Limit, s(60.0)));
     assert_eq!(
         info.scheduled_drain(),
         Some((t0 + s(2.0), DrainReason::Shed))

@@ -473,3 +473,39 @@ pub fn agent_summary(stdout: &[u8]) -> Value {
         .find_map(|l| serde_json::from_str(l.trim()).ok())
         .unwrap_or_else(|| panic!("the agent printed no JSON summary:\n{text}"))
 }
+
+/// Waits (bounded) until the sink acknowledged exactly `sent` on `path`, bytes unchanged.
+pub async fn assert_all_arrived(sink: &Proc, path: &str, sent: &[Bytes], within: Duration) {
+    let c = wait_for(sink, within, |c| {
+        method_count(c, path, "messages") >= sent.len() as u64
+    })
+    .await;
+    assert_eq!(
+        method_count(&c, path, "messages"),
+        sent.len() as u64,
+        "messages at the sink"
+    );
+    assert_eq!(
+        method_count(&c, path, "digest"),
+        digest(sent),
+        "payload bytes at the sink"
+    );
+}
+
+/// A free TCP port on loopback (for listeners that must be known before they start).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A free UDP port on loopback (gossip ports peers list as seeds).
+pub fn free_udp_port() -> u16 {
+    std::net::UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
