@@ -65,6 +65,15 @@ pub struct Balance {
     /// Connections one pod should hold, for `satmesh_tier_desired_replicas`
     /// (ceil(tier connections / this)).
     pub target_connections_per_pod: u64,
+    /// Close the listener (turn new connections away) while above the share, so clients
+    /// dialling several addresses go to the next. Right for a DNS name with several
+    /// records; wrong behind a virtual IP (a Kubernetes ClusterIP), where a refused
+    /// connection fails the agent's calls: shedding alone spreads clients there.
+    pub turn_away: bool,
+    /// A shed agent that reconnects to the same peer within this long came back:
+    /// counted, and with `turn_away` (it could not go elsewhere) never shed again.
+    #[serde(with = "humantime_serde")]
+    pub return_window: Duration,
 }
 
 impl Default for Balance {
@@ -79,6 +88,8 @@ impl Default for Balance {
             max_per_interval: b.max_per_interval,
             max_staleness: b.max_staleness,
             target_connections_per_pod: 3000,
+            turn_away: true,
+            return_window: Duration::from_secs(120),
         }
     }
 }
@@ -659,6 +670,8 @@ impl Config {
                 after: s.drain_stream_after,
                 quiet: s.drain_stream_quiet,
             },
+            return_window: self.balance.return_window,
+            hold_returned: self.balance.turn_away,
         }
     }
 

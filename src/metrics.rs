@@ -62,6 +62,14 @@ pub struct FrontDoorMetrics {
     pub closed_hard: IntCounterVec,
     /// Connections draining now.
     pub draining: IntGauge,
+    /// Agents this peer shed that came back to it within `balance.return_window` (they
+    /// could not move; they are not shed again).
+    pub returned: IntCounter,
+    /// 1 while the agent listener is open, 0 while closed because this peer is above its
+    /// share of the tier (new connections are refused by the kernel).
+    pub listener_open: IntGauge,
+    /// Times the listener was closed because this peer was above its share.
+    pub listener_closed: IntCounter,
     /// Client-streams of draining connections that satmesh ended with OK between two
     /// messages (instead of waiting for the agent to end them).
     pub streams_ended: IntCounter,
@@ -89,6 +97,14 @@ fn counter_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> 
         .register(Box::new(v.clone()))
         .expect("unique metric");
     v
+}
+
+fn counter(registry: &Registry, name: &str, help: &str) -> IntCounter {
+    let c = IntCounter::new(name, help).expect("valid metric");
+    registry
+        .register(Box::new(c.clone()))
+        .expect("unique metric");
+    c
 }
 
 fn gauge(registry: &Registry, name: &str, help: &str) -> IntGauge {
@@ -207,15 +223,11 @@ impl Metrics {
             .expect("unique metric");
         Metrics {
             connections_open: gauge(&r, "satmesh_agent_connections", "Open agent connections"),
-            connections_total: {
-                let c = IntCounter::new(
-                    "satmesh_agent_connections_total",
-                    "Agent connections accepted",
-                )
-                .expect("valid metric");
-                r.register(Box::new(c.clone())).expect("unique metric");
-                c
-            },
+            connections_total: counter(
+                &r,
+                "satmesh_agent_connections_total",
+                "Agent connections accepted",
+            ),
             front_door: FrontDoorMetrics {
                 connection_limit: gauge(
                     &r,
@@ -245,15 +257,26 @@ impl Metrics {
                     "satmesh_agent_connections_draining",
                     "Agent connections draining (GOAWAY sent, streams finishing)",
                 ),
-                streams_ended: {
-                    let c = IntCounter::new(
-                        "satmesh_streams_ended_on_drain_total",
-                        "Client-streams of draining connections ended by satmesh with OK between two messages",
-                    )
-                    .expect("valid metric");
-                    r.register(Box::new(c.clone())).expect("unique metric");
-                    c
-                },
+                returned: counter(
+                    &r,
+                    "satmesh_connections_returned_total",
+                    "Agents this peer shed that came back to it within balance.return_window (not shed again)",
+                ),
+                listener_open: gauge(
+                    &r,
+                    "satmesh_listener_open",
+                    "1 while the agent listener accepts, 0 while closed because this peer is above its share",
+                ),
+                listener_closed: counter(
+                    &r,
+                    "satmesh_listener_closed_total",
+                    "Times the agent listener was closed because this peer was above its share of the tier",
+                ),
+                streams_ended: counter(
+                    &r,
+                    "satmesh_streams_ended_on_drain_total",
+                    "Client-streams of draining connections ended by satmesh with OK between two messages",
+                ),
             },
             refused: counter_vec(
                 &r,

@@ -5,7 +5,7 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
@@ -52,9 +52,10 @@ pub struct ShutdownReport {
     pub events_dropped: usize,
 }
 
-/// Runs a peer until `shutdown` resolves, then drains: stop accepting, GOAWAY every agent
-/// (spread over `shutdown.drain_window`), let open streams finish, deliver the queue, all
-/// within `shutdown.deadline`.
+/// Runs a peer until `shutdown` resolves, then drains: stop being ready and accepting,
+/// tell the tier (two gossip rounds), GOAWAY every agent (spread over
+/// `shutdown.drain_window`), let open streams finish, deliver the queue, leave the tier,
+/// all within `shutdown.deadline`.
 pub async fn run(
     config: Config,
     listeners: Listeners,
@@ -112,6 +113,11 @@ pub async fn run(
     // Every agent connection's lifecycle; the tier reads it and (shedding) drains from it.
     let connections = Connections::new(config.lifecycle(), Some(metrics.front_door.clone()));
     let (grpc_addr, admin_addr) = listeners.addrs()?;
+    // The shedder's latest decision and its recent rounds: the tier gossips the decision,
+    // `/status` shows both.
+    let (shed_state, _) = tokio::sync::watch::channel(satmesh_cluster::balance::Balance::default());
+    let shed_history = crate::shed::ShedHistory::default();
+    let shed_decision = config.balance.enabled.then(|| shed_state.subscribe());
     let tier = Tier::start(
         config.node_id(),
         config.cluster_settings()?,
@@ -122,23 +128,26 @@ pub async fn run(
             grpc_addr,
             admin_addr,
             connection_limit: config.server.max_connections as u64,
+            balance: shed_decision.clone(),
         },
     )
     .await?;
     let placement: Arc<dyn Placement> = tier.ring.clone();
-    let (shed_state, _) = tokio::sync::watch::channel(satmesh_cluster::balance::Balance::default());
     let stop_shedding = CancellationToken::new();
     if config.balance.enabled {
-        connections.set_admission(Some(Arc::new(crate::shed::OverShare {
-            view: tier.watch(),
-            settings: config.balance.settings(),
-        })));
+        if config.balance.turn_away {
+            connections.set_admission(Some(Arc::new(crate::shed::OverShare {
+                view: tier.watch(),
+                settings: config.balance.settings(),
+            })));
+        }
         tokio::spawn(crate::shed::run(
             connections.clone(),
             tier.watch(),
             config.balance.settings(),
             config.balance.interval,
             shed_state.clone(),
+            shed_history.clone(),
             stop_shedding.clone(),
         ));
     }
@@ -196,6 +205,8 @@ pub async fn run(
         ring: tier.ring.clone(),
         metrics: metrics.clone(),
         pool: pool.clone(),
+        balance: shed_decision,
+        sheds: shed_history,
     });
     let router = admin::router(admin_state.clone())
         .merge(crate::status::routes(status))
@@ -227,41 +238,71 @@ pub async fn run(
 
     shutdown.await;
     let started = Instant::now();
-    let deadline = config.shutdown.deadline;
+    // 1. Out of rotation: /readyz answers 503, `draining` goes out to the tier, shedding
+    // stops, and the listener is closed so new connections are refused (a multi-address
+    // client dials its next address).
     info!(
         connections = connections.len(),
-        "shutting down: no new connections, draining agents"
+        "shutting down: not ready, draining published, no new connections"
     );
     admin_state.set_draining();
     tier.set_draining();
     stop_shedding.cancel();
     stop_accepting.cancel();
     let _ = accept_task.await;
-    // GOAWAYs spread over the drain window, each connection closed at the latest
-    // `connection_grace` after its own; returns at once when no agent is connected.
-    let mut report = ShutdownReport {
-        connections_closed_hard: connections
-            .shutdown(
-                config.shutdown_drain_window(),
-                config.shutdown.connection_grace,
-            )
-            .await,
-        ..Default::default()
-    };
 
+    let mut report = ShutdownReport::default();
+    let budget = Budget {
+        started,
+        deadline: config.shutdown.deadline,
+    };
+    // 2. Peers hear `draining` (two gossip rounds) before any agent is sent away, so none
+    // counts this peer as ready while its agents arrive. Leaves room for the connections'
+    // grace within the deadline.
+    let phase = Instant::now();
+    let grace = config.shutdown.connection_grace;
+    match tokio::time::timeout(budget.left().saturating_sub(grace), tier.drain()).await {
+        Ok(told) => info!(took = ?phase.elapsed(), tier = ?told, "tier told: draining"),
+        Err(_) => warn!(took = ?phase.elapsed(), "tier not told in time, sending agents away"),
+    }
+
+    // 3. GOAWAYs spread over the drain window, each connection closed at the latest
+    // `connection_grace` after its own; returns at once when no agent is connected. The
+    // window is cut so the last grace ends by the deadline.
+    let phase = Instant::now();
+    let spread = config
+        .shutdown_drain_window()
+        .min(budget.left().saturating_sub(grace));
+    let hard_before = closed_hard(&connections);
+    report.connections_closed_hard =
+        match tokio::time::timeout(budget.left(), connections.shutdown(spread, grace)).await {
+            Ok(closed_hard) => closed_hard,
+            Err(_) => {
+                warn!(
+                    connections = connections.len(),
+                    "shutdown deadline passed with agents connected"
+                );
+                (closed_hard(&connections) - hard_before) as usize + connections.len()
+            }
+        };
     info!(
+        took = ?phase.elapsed(),
+        spread = ?spread,
+        closed_hard = report.connections_closed_hard,
         queued = queue.depth().events,
         "agents gone, delivering the queue"
     );
+
+    // 4. Deliver what is queued by the deadline; what is left then is counted as dropped.
+    let phase = Instant::now();
     queue.close();
-    let rest = deadline.saturating_sub(started.elapsed());
-    let flushed = tokio::time::timeout(rest, async {
+    let flushed = tokio::time::timeout(budget.left(), async {
         while senders.join_next().await.is_some() {}
         let _ = inflight.acquire_many(max_inflight as u32).await;
     })
     .await;
     if flushed.is_err() {
-        warn!(deadline = ?deadline, "shutdown deadline passed with messages undelivered");
+        warn!(deadline = ?budget.deadline, "shutdown deadline passed with messages undelivered");
         // Deliveries now count their batches as dropped and free their slots; senders
         // hand them what they still hold, then what is left in the queue is counted.
         abandon.cancel();
@@ -274,11 +315,33 @@ pub async fn run(
         delivery.drop_queued();
     }
     report.events_dropped = metrics.dropped_total(crate::metrics::DROP_SHUTDOWN) as usize;
+    info!(took = ?phase.elapsed(), dropped = report.events_dropped, "queue delivered");
+
+    // 5. Stop gossip (peers heard `draining` in step 2 and now declare this peer dead).
+    let phase = Instant::now();
     tier.leave().await;
     stop_discovery.cancel();
     pool.close();
     stop_admin.cancel();
     let _ = admin_task.await;
+    info!(took = ?phase.elapsed(), "left the tier");
     info!(took = ?started.elapsed(), dropped = report.events_dropped, "shutdown complete");
     Ok(report)
+}
+
+/// The shutdown's time budget: `shutdown.deadline` from the signal.
+struct Budget {
+    started: Instant,
+    deadline: Duration,
+}
+
+impl Budget {
+    fn left(&self) -> Duration {
+        self.deadline.saturating_sub(self.started.elapsed())
+    }
+}
+
+/// Connections closed hard so far, all reasons.
+fn closed_hard(connections: &Connections) -> u64 {
+    connections.counts().closed_hard.values().sum()
 }

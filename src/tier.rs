@@ -1,6 +1,7 @@
 //! The peer's side of the tier: the facts it publishes (addresses, state, connections,
-//! events/s, its damped health view of each OAP node, the digest of its ring), the shared
-//! ring it routes fixed traffic with, and the view `/status` shows.
+//! events/s, its damped health view of each OAP node, the digest of its ring, its shed and
+//! turned-away totals and its shedder's latest action), the shared ring it routes fixed
+//! traffic with, and the view `/status` shows.
 //!
 //! The ring is a pure function of gossiped state (`satmesh_cluster::ring_members`), so
 //! every peer computes the same ring once gossip has converged. It is rebuilt here, off
@@ -8,8 +9,11 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+use satmesh_cluster::balance::Balance;
+use satmesh_cluster::facts::balance_action;
 use satmesh_cluster::transport::UdpTransport;
 use satmesh_cluster::{
     Cluster, ClusterSettings, ClusterView, HealthDamper, Peer, PeerFacts, PeerId, PeerState, Ring,
@@ -20,8 +24,10 @@ use tokio_util::sync::CancellationToken;
 use tracing::info;
 
 use crate::frontdoor::Connections;
+use crate::frontdoor::lifecycle::DrainReason;
 use crate::metrics::Metrics;
 use crate::pipeline::Placement;
+use crate::shed::ShedHistory;
 use crate::upstream::Pool;
 
 /// How often the peer's facts are refreshed (publication itself is rate-limited by the
@@ -34,6 +40,10 @@ const FACTS_EVERY: Duration = Duration::from_millis(100);
 const DOWN_AFTER: Duration = Duration::from_millis(500);
 const UP_AFTER: Duration = satmesh_cluster::ring_members::DEFAULT_UP_AFTER;
 
+/// How long `drain` waits for `draining` to reach this peer's own gossip state (it takes
+/// milliseconds: the publisher and the cluster driver both wake on the change).
+const PUBLISH_WITHIN: Duration = Duration::from_secs(1);
+
 impl Placement for SharedRing {
     fn place(&self, key: &[u8]) -> Option<SocketAddr> {
         self.load().lookup(key)?.parse().ok()
@@ -43,19 +53,29 @@ impl Placement for SharedRing {
 /// What the tier code reads from the rest of the peer.
 pub struct TierInputs {
     pub pool: Arc<Pool>,
+    /// Open connections, and the shed and turned-away totals (`counts`).
     pub connections: Connections,
     pub metrics: Arc<Metrics>,
     /// Advertised agent-facing and admin addresses.
     pub grpc_addr: SocketAddr,
     pub admin_addr: SocketAddr,
     pub connection_limit: u64,
+    /// The shedder's latest decision; None when shedding is disabled (`balance.enabled`).
+    pub balance: Option<watch::Receiver<Balance>>,
 }
 
 pub struct Tier {
     pub ring: Arc<SharedRing>,
     view: watch::Receiver<Arc<ClusterView>>,
+    /// Read by the publisher, which publishes `draining` as soon as this turns true.
     draining: watch::Sender<bool>,
+    /// None when the peer runs alone (no seeds): there is nobody to tell it is draining.
     cluster: Option<Arc<Cluster>>,
+    /// How long peers need to hear a new fact: `drain` waits two of these.
+    gossip_interval: Duration,
+    /// Set once `drain` has published `draining` to live peers, so `leave` does not wait
+    /// again.
+    told: AtomicBool,
     stop: CancellationToken,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
@@ -121,6 +141,9 @@ impl Tier {
             ring_digest: ring.load().digest(),
             ..Default::default()
         };
+        let gossip_interval = settings
+            .as_ref()
+            .map_or(Duration::ZERO, |s| s.gossip_interval);
         let (cluster, view, sink) = match settings {
             Some(settings) => {
                 let wildcard = ip.is_unspecified();
@@ -164,6 +187,8 @@ impl Tier {
             view,
             draining,
             cluster,
+            gossip_interval,
+            told: AtomicBool::new(false),
             stop,
             tasks,
         })
@@ -179,24 +204,88 @@ impl Tier {
         self.view.clone()
     }
 
-    /// Publishes `draining` at once (shutdown has begun).
+    /// Publishes `draining` at once (shutdown has begun), without waiting for peers.
     pub fn set_draining(&self) {
         self.draining.send_replace(true);
     }
 
-    /// Leaves the tier: peers hear `draining` for two gossip rounds, then this peer stops
-    /// gossiping.
+    /// Publishes `draining` and waits until the other peers have had two gossip rounds to
+    /// hear it, so none counts this peer as ready once its agents start moving. Returns at
+    /// once when the peer runs alone or sees no other live peer; returns what it waited
+    /// for.
+    pub async fn drain(&self) -> Drained {
+        self.set_draining();
+        let Some(cluster) = &self.cluster else {
+            return Drained::Alone;
+        };
+        // The publisher wakes on the flag; a state change goes out unthrottled, so this
+        // peer's own view shows it within milliseconds.
+        let mut view = cluster.watch();
+        let published = tokio::time::timeout(
+            PUBLISH_WITHIN,
+            view.wait_for(|v| {
+                v.peers
+                    .iter()
+                    .any(|p| p.is_self && p.facts.state == PeerState::Draining)
+            }),
+        )
+        .await
+        .is_ok_and(|r| r.is_ok());
+        if !published {
+            tracing::warn!(within = ?PUBLISH_WITHIN, "draining not yet in this peer's gossip state");
+        }
+        let others = cluster
+            .view()
+            .peers
+            .iter()
+            .filter(|p| !p.is_self && p.live)
+            .count();
+        if others == 0 {
+            self.told.store(true, Ordering::Relaxed);
+            return Drained::NoLivePeer;
+        }
+        // Set before the wait: a drain cut short by the shutdown deadline is not followed
+        // by another wait in `leave`.
+        self.told.store(true, Ordering::Relaxed);
+        let rounds = 2 * self.gossip_interval;
+        tokio::time::sleep(rounds).await;
+        Drained::Told {
+            peers: others,
+            waited: rounds,
+        }
+    }
+
+    /// Leaves the tier. After [`Tier::drain`] gossip stops at once (peers then declare this
+    /// peer dead); otherwise peers first hear `draining` for two gossip rounds.
     pub async fn leave(mut self) {
+        let told = self.told.load(Ordering::Relaxed);
         self.stop.cancel();
         for task in self.tasks.drain(..) {
             let _ = task.await;
         }
-        if let Some(cluster) = self.cluster.take().and_then(|c| Arc::try_unwrap(c).ok())
-            && let Err(e) = cluster.leave().await
-        {
+        let Some(cluster) = self.cluster.take().and_then(|c| Arc::try_unwrap(c).ok()) else {
+            return;
+        };
+        let left = if told {
+            cluster.shutdown().await
+        } else {
+            cluster.leave().await
+        };
+        if let Err(e) = left {
             tracing::warn!(error = %e, "leaving the cluster failed");
         }
     }
+}
+
+/// What [`Tier::drain`] waited for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Drained {
+    /// No seeds: the peer runs alone; nothing to wait for.
+    Alone,
+    /// In a tier, but no other peer is live: nobody to tell.
+    NoLivePeer,
+    /// `peers` live peers had `waited` (two gossip rounds) to hear `draining`.
+    Told { peers: usize, waited: Duration },
 }
 
 /// Refreshes this peer's facts every `FACTS_EVERY` and hands them to the sink (which, for
@@ -206,7 +295,7 @@ async fn publish_facts(
     mut facts: PeerFacts,
     sink: Sink,
     ring: Arc<SharedRing>,
-    draining: watch::Receiver<bool>,
+    mut draining: watch::Receiver<bool>,
     stop: CancellationToken,
 ) {
     let mut damper = HealthDamper::new(DOWN_AFTER, UP_AFTER);
@@ -215,6 +304,9 @@ async fn publish_facts(
     loop {
         tokio::select! {
             _ = tick.tick() => {}
+            // Draining goes out at once, not at the next tick (a dropped sender disables
+            // this branch).
+            Ok(()) = draining.changed() => {}
             _ = stop.cancelled() => return,
         }
         let now = Instant::now();
@@ -230,8 +322,21 @@ async fn publish_facts(
         facts.events_per_sec = ((received - last.1) as f64 / seconds * 10.0).round() / 10.0;
         last = (now, received);
         facts.connections = inputs.connections.len() as u64;
+        let counts = inputs.connections.counts();
+        facts.connections_shed = counts
+            .drained
+            .get(DrainReason::Shed.label())
+            .copied()
+            .unwrap_or(0);
+        facts.connections_turned_away = counts.turned_away.values().sum();
+        let latest = inputs.balance.as_ref().map(|b| b.borrow().clone());
+        facts.balance_action = balance_action(latest.as_ref()).to_owned();
+        // One decimal, as gossip carries it: a finer move is no change worth publishing.
+        facts.fair_share = latest
+            .and_then(|b| b.mean)
+            .map(|mean| (mean * 10.0).round() / 10.0);
         facts.ring_digest = ring.load().digest();
-        facts.state = if *draining.borrow() {
+        facts.state = if *draining.borrow_and_update() {
             PeerState::Draining
         } else {
             PeerState::Ready
@@ -259,13 +364,17 @@ async fn keep_ring(
     }
 }
 
-/// `/status` of a peer: the tier view, the ring this peer routes with, and what it sent to
-/// each OAP node.
+/// `/status` of a peer: the tier view, the ring this peer routes with, what it sent to
+/// each OAP node, and its own shedding.
 pub struct TierStatus {
     pub view: watch::Receiver<Arc<ClusterView>>,
     pub ring: Arc<SharedRing>,
     pub metrics: Arc<Metrics>,
     pub pool: Arc<Pool>,
+    /// The shedder's latest decision; None when shedding is disabled.
+    pub balance: Option<watch::Receiver<Balance>>,
+    /// The shedder's recent rounds.
+    pub sheds: ShedHistory,
 }
 
 impl crate::status::StatusSource for TierStatus {
@@ -287,6 +396,13 @@ impl crate::status::StatusSource for TierStatus {
         let now_ms = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_millis() as u64);
+        let latest = self.balance.as_ref().map(|b| b.borrow().clone());
+        let shedding = crate::status::ShedStatus::new(latest.as_ref(), self.sheds.recent());
         crate::status::StatusDoc::build(&self.view.borrow(), &self.ring.load(), &traffic, now_ms)
+            .with_shedding(shedding)
     }
 }
+
+#[cfg(test)]
+#[path = "tier_tests.rs"]
+mod tests;

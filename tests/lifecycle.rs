@@ -264,30 +264,21 @@ async fn max_connections_turns_the_next_connection_away_to_the_next_address() {
         grpc.insecure_channel = lambda t, options=None, compression=None: o(t, options=list(options or []) + [('grpc.default_authority', 'satmesh')], compression=compression)\n\
         sys.argv = sys.argv[1:]\n\
         runpy.run_path(sys.argv[0], run_name='__main__')";
-    let started = Instant::now();
-    let out = Command::new(&python)
-        .args(["-c", wrapper])
-        .arg(format!(
-            "{}/tests/agents/python_agent.py",
-            env!("CARGO_MANIFEST_DIR")
-        ))
+    let mut agent = Command::new(python);
+    agent
+        .args(["-c", wrapper, PYTHON_AGENT])
         .args(["--service", "py", "--instance", "py-1", "--segments", "20"])
         .args(["--logs", "10", "--meters", "1"])
         .env(
             "SW_AGENT_COLLECTOR_BACKEND_SERVICES",
             format!("ipv4:{},{}", full.grpc, other.grpc),
         )
-        .env_remove("SW_AGENT_AUTHENTICATION")
-        .output()
+        .env_remove("SW_AGENT_AUTHENTICATION");
+    let started = Instant::now();
+    let summary = run_agent("python agent", &mut agent, Duration::from_secs(90))
         .await
-        .unwrap();
+        .summary;
     let took = started.elapsed();
-    assert!(
-        out.status.success(),
-        "python agent failed:\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let summary = agent_summary(&out.stdout);
     assert_eq!(summary["stream_errors"], 0, "{summary}");
     assert_eq!(summary["management_errors"], 0, "{summary}");
     assert_eq!(summary["segments"], 20, "{summary}");
@@ -448,31 +439,20 @@ async fn settled(sink: &Proc, summary: &Value) -> Value {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn python_agent_drained_mid_run_loses_nothing() {
-    let python = python_bin().await;
+    python_bin().await; // installed before the peer's connections start ageing
     let sink = sink(&[]).await;
     let peer = satmesh(
         &[sink.grpc],
         "server:\n  max_connection_age: 1s\n  max_connection_age_grace: 10s\n",
     )
     .await;
-    let out = Command::new(&python)
-        .arg(format!(
-            "{}/tests/agents/python_agent.py",
-            env!("CARGO_MANIFEST_DIR")
-        ))
+    let mut agent = python_agent(peer.grpc).await;
+    agent
         .args(["--service", "py", "--instance", "py-1", "--segments", "60"])
-        .args(["--logs", "30", "--meters", "3", "--rate-per-sec", "25"])
-        .env("SW_AGENT_COLLECTOR_BACKEND_SERVICES", peer.grpc.to_string())
-        .env_remove("SW_AGENT_AUTHENTICATION")
-        .output()
+        .args(["--logs", "30", "--meters", "3", "--rate-per-sec", "25"]);
+    let summary = run_agent("python agent", &mut agent, Duration::from_secs(90))
         .await
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "python agent failed:\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let summary = agent_summary(&out.stdout);
+        .summary;
     assert_eq!(summary["stream_errors"], 0, "{summary}");
     assert_eq!(summary["management_errors"], 0, "{summary}");
     assert_eq!(
@@ -492,7 +472,7 @@ async fn python_agent_drained_mid_run_loses_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rust_agent_drained_mid_run_has_its_long_streams_ended_and_loses_nothing() {
-    let agent = rust_agent_bin().await;
+    rust_agent_bin().await; // built before the peer's connections start ageing
     let sink = sink(&[]).await;
     let peer = satmesh(
         &[sink.grpc],
@@ -500,26 +480,16 @@ async fn rust_agent_drained_mid_run_has_its_long_streams_ended_and_loses_nothing
          drain_stream_after: 200ms\n  drain_stream_quiet: 100ms\n",
     )
     .await;
-    let out = Command::new(&agent)
+    let mut agent = rust_agent(peer.grpc).await;
+    agent
         .args(["--service", "rs", "--instance", "rs-1", "--segments", "60"])
-        .args(["--logs", "30", "--meters", "20", "--rate-per-sec", "25"])
-        .env("SW_AGENT_COLLECTOR_BACKEND_SERVICES", peer.grpc.to_string())
-        .output()
-        .await
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "rust agent failed:\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let summary = agent_summary(&out.stdout);
+        .args(["--logs", "30", "--meters", "20", "--rate-per-sec", "25"]);
+    let AgentRun { summary, output } =
+        run_agent("rust agent", &mut agent, Duration::from_secs(60)).await;
     // A call the agent starts while its old connection is still draining fails once in
     // hyper's client before any of it is sent (nothing popped into it): it may show as
     // a stream or management error; what it reported must still all arrive.
-    eprintln!(
-        "rust agent: {summary}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    eprintln!("rust agent: {summary}\n{output}");
     assert!(
         summary["dropped"]
             .as_object()

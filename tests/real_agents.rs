@@ -11,21 +11,17 @@
 //! exactly those numbers per service/instance, per method and per `authentication` token,
 //! and that satmesh then exits 0 on SIGTERM.
 
-use serde_json::Value;
-use std::{
-    path::{Path, PathBuf},
-    process::{ExitStatus, Stdio},
-    sync::{Arc, Mutex},
-    time::{Duration, Instant},
-};
-use tokio::{
-    io::{AsyncBufReadExt, AsyncRead, BufReader},
-    process::{Child, Command},
-    sync::OnceCell,
-    task::JoinHandle,
-};
+mod common;
 
-const REPO: &str = env!("CARGO_MANIFEST_DIR");
+use std::time::{Duration, Instant};
+
+use common::{
+    AgentRun, Proc, method_count, python_agent, python_bin, run_agent, rust_agent, rust_agent_bin,
+    satmesh, sink, wait_for,
+};
+use serde_json::Value;
+use tokio::process::Command;
+
 const TRACE: &str = "/skywalking.v3.TraceSegmentReportService/collect";
 const LOG: &str = "/skywalking.v3.LogReportService/collect";
 const METER: &str = "/skywalking.v3.MeterReportService/collect";
@@ -37,260 +33,36 @@ const SETTLE: Duration = Duration::from_secs(30);
 const QUIET: Duration = Duration::from_secs(1);
 
 // ---------------------------------------------------------------------------------------
-// Child processes
+// satmesh (common::satmesh) in front of its fake OAP (common::sink)
 
-type Lines = Arc<Mutex<Vec<String>>>;
-
-/// A child process whose stdout and stderr are collected line by line; killed on drop.
-struct Proc {
-    name: String,
-    child: Child,
-    stdout: Lines,
-    stderr: Lines,
-    readers: Vec<JoinHandle<()>>,
-}
-
-impl Proc {
-    fn spawn(name: &str, cmd: &mut Command) -> Proc {
-        cmd.stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true);
-        let mut child = cmd
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {name} ({cmd:?}): {e}"));
-        let (stdout, stderr) = (Lines::default(), Lines::default());
-        let readers = vec![
-            tokio::spawn(collect(child.stdout.take().expect("piped"), stdout.clone())),
-            tokio::spawn(collect(child.stderr.take().expect("piped"), stderr.clone())),
-        ];
-        Proc {
-            name: name.to_owned(),
-            child,
-            stdout,
-            stderr,
-            readers,
-        }
-    }
-
-    /// The first stdout line starting with `prefix`.
-    async fn wait_line(&mut self, prefix: &str, timeout: Duration) -> String {
-        let start = Instant::now();
-        loop {
-            let found = lock(&self.stdout)
-                .iter()
-                .find(|l| l.starts_with(prefix))
-                .cloned();
-            if let Some(line) = found {
-                return line;
-            }
-            if let Ok(Some(status)) = self.child.try_wait() {
-                self.drain().await;
-                panic!(
-                    "{} exited ({status}) before printing {prefix:?}\n{}",
-                    self.name,
-                    self.dump()
-                );
-            }
-            if start.elapsed() > timeout {
-                panic!(
-                    "{} did not print {prefix:?} within {timeout:?}\n{}",
-                    self.name,
-                    self.dump()
-                );
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-
-    /// Wait for the process to exit, killing it (and failing) after `timeout`.
-    async fn finish(&mut self, timeout: Duration) -> ExitStatus {
-        match tokio::time::timeout(timeout, self.child.wait()).await {
-            Ok(status) => {
-                let status = status.expect("wait on child");
-                self.drain().await;
-                status
-            }
-            Err(_) => {
-                let _ = self.child.kill().await;
-                self.drain().await;
-                panic!(
-                    "{} did not exit within {timeout:?}\n{}",
-                    self.name,
-                    self.dump()
-                );
-            }
-        }
-    }
-
-    fn sigterm(&self) {
-        let pid = self.child.id().expect("process still running");
-        let ok = std::process::Command::new("kill")
-            .args(["-TERM", &pid.to_string()])
-            .status()
-            .map(|s| s.success())
-            .unwrap_or(false);
-        assert!(ok, "cannot send SIGTERM to {} (pid {pid})", self.name);
-    }
-
-    /// Let the readers reach end of file after the process exited.
-    async fn drain(&mut self) {
-        for r in self.readers.drain(..) {
-            let _ = tokio::time::timeout(Duration::from_secs(2), r).await;
-        }
-    }
-
-    /// The tail of what the process printed, for failure messages.
-    fn dump(&self) -> String {
-        let tail = |lines: &Lines| {
-            let lines = lock(lines);
-            let from = lines.len().saturating_sub(80);
-            lines[from..].join("\n")
-        };
-        format!(
-            "--- {} stdout (tail) ---\n{}\n--- {} stderr (tail) ---\n{}\n---",
-            self.name,
-            tail(&self.stdout),
-            self.name,
-            tail(&self.stderr)
-        )
-    }
-}
-
-async fn collect(pipe: impl AsyncRead + Unpin, into: Lines) {
-    let mut lines = BufReader::new(pipe).lines();
-    while let Ok(Some(line)) = lines.next_line().await {
-        lock(&into).push(line);
-    }
-}
-
-fn lock(lines: &Lines) -> std::sync::MutexGuard<'_, Vec<String>> {
-    lines.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-/// The `key=IP:PORT` field of a listening line.
-fn field(line: &str, key: &str) -> String {
-    line.split_whitespace()
-        .find_map(|w| w.strip_prefix(&format!("{key}=")))
-        .unwrap_or_else(|| panic!("no {key}= in {line:?}"))
-        .to_owned()
-}
-
-// ---------------------------------------------------------------------------------------
-// satmesh: a sink (fake OAP) and a proxy in front of it
-
-struct Mesh {
-    sink: Proc,
-    sink_admin: String,
-    proxy: Proc,
-    /// What agents dial.
-    proxy_grpc: String,
-    _config: tempfile::NamedTempFile,
-}
-
-impl Mesh {
-    async fn start() -> Mesh {
-        let bin = env!("CARGO_BIN_EXE_satmesh");
-        let mut sink = Proc::spawn(
-            "satmesh sink",
-            Command::new(bin).args(["sink", "--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0"]),
-        );
-        let line = sink
-            .wait_line("sink listening", Duration::from_secs(20))
-            .await;
-        let (sink_grpc, sink_admin) = (field(&line, "grpc"), field(&line, "admin"));
-
-        let config = tempfile::Builder::new()
-            .prefix("satmesh-real-agents-")
-            .suffix(".yaml")
-            .tempfile()
-            .expect("temp config");
-        let yaml = format!(
-            "server: {{ listen: \"127.0.0.1:0\" }}\n\
-             admin: {{ listen: \"127.0.0.1:0\" }}\n\
-             upstream: {{ static: [\"{sink_grpc}\"] }}\n"
-        );
-        std::fs::write(config.path(), yaml).expect("write config");
-        let mut proxy = Proc::spawn(
-            "satmesh run",
-            Command::new(bin)
-                .args(["run", "--config"])
-                .arg(config.path()),
-        );
-        let line = proxy
-            .wait_line("satmesh listening", Duration::from_secs(20))
-            .await;
-        Mesh {
-            sink,
-            sink_admin,
-            proxy_grpc: field(&line, "grpc"),
-            proxy,
-            _config: config,
-        }
-    }
-
-    async fn counts(&self) -> Result<Value, String> {
-        let url = format!("http://{}/counts", self.sink_admin);
-        let client = reqwest::Client::builder()
-            .timeout(Duration::from_secs(5))
-            .build()
-            .map_err(|e| e.to_string())?;
-        let resp = client
-            .get(&url)
-            .send()
-            .await
-            .map_err(|e| format!("GET {url}: {e}"))?;
-        resp.json().await.map_err(|e| format!("GET {url}: {e}"))
-    }
-
-    /// Poll the sink until it shows exactly what `agents` sent and stays so for `QUIET`;
-    /// fail with the differences, the counts and satmesh's output after `SETTLE`.
-    async fn expect_arrived(&self, agents: &[Sent]) -> Value {
-        let start = Instant::now();
-        let mut stable: Option<(Value, Instant)> = None;
-        loop {
-            let (counts, problems) = match self.counts().await {
-                Ok(c) => {
-                    let p = mismatches(&c, agents);
-                    (c, p)
-                }
-                Err(e) => (Value::Null, vec![e]),
-            };
-            if problems.is_empty() {
-                match &stable {
-                    Some((prev, since)) if *prev == counts => {
-                        if since.elapsed() >= QUIET {
-                            return counts;
-                        }
-                    }
-                    _ => stable = Some((counts.clone(), Instant::now())),
-                }
-            } else {
-                stable = None;
-            }
-            if start.elapsed() > SETTLE {
-                panic!(
-                    "the sink did not receive exactly what the agents sent within {SETTLE:?}:\n  {}\n\
-                     agents: {agents:#?}\nsink counts: {counts:#}\n{}\n{}",
-                    problems.join("\n  "),
-                    self.proxy.dump(),
-                    self.sink.dump()
-                );
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
-
-    /// SIGTERM the proxy: it must drain and exit 0.
-    async fn stop_proxy(&mut self) {
-        self.proxy.sigterm();
-        let status = self.proxy.finish(Duration::from_secs(40)).await;
+/// Poll the sink until it shows exactly what `agents` sent and stays so for `QUIET`; fail
+/// with the differences and the counts after `SETTLE` (satmesh's own logs are on stderr).
+async fn expect_arrived(sink: &Proc, agents: &[Sent]) -> Value {
+    let deadline = Instant::now() + SETTLE;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let counts = wait_for(sink, left, |c| mismatches(c, agents).is_empty()).await;
+        let problems = mismatches(&counts, agents);
         assert!(
-            status.success(),
-            "satmesh run exited with {status} on SIGTERM\n{}",
-            self.proxy.dump()
+            problems.is_empty() && Instant::now() < deadline,
+            "the sink did not receive exactly what the agents sent within {SETTLE:?}:\n  {}\n\
+             agents: {agents:#?}\nsink counts: {counts:#}",
+            problems.join("\n  ")
         );
+        tokio::time::sleep(QUIET).await;
+        if sink.counts().await == counts {
+            return counts;
+        }
     }
+}
+
+/// SIGTERM the proxy: it must drain and exit 0.
+async fn stop_proxy(proxy: &mut Proc) {
+    let status = proxy.terminate(Duration::from_secs(40)).await;
+    assert!(
+        status.success(),
+        "satmesh run exited with {status} on SIGTERM"
+    );
 }
 
 // ---------------------------------------------------------------------------------------
@@ -311,15 +83,9 @@ struct Sent {
 }
 
 impl Sent {
-    /// The agent's JSON line; fails if the agent itself lost or failed to send anything.
-    fn parse(agent: &'static str, token: &str, stdout: &str, want: &Want, output: &str) -> Sent {
-        let line = stdout
-            .lines()
-            .rev()
-            .find(|l| l.trim_start().starts_with('{'));
-        let v: Value = line
-            .and_then(|l| serde_json::from_str(l).ok())
-            .unwrap_or_else(|| panic!("{agent} printed no JSON summary\n{output}"));
+    /// The agent's JSON summary; fails if the agent itself lost or failed to send anything.
+    fn parse(agent: &'static str, token: &str, run: &AgentRun, want: &Want) -> Sent {
+        let (v, output) = (&run.summary, &run.output);
         let num = |k: &str| {
             v[k].as_u64()
                 .unwrap_or_else(|| panic!("{agent} summary has no {k}: {v}\n{output}"))
@@ -378,6 +144,9 @@ impl Sent {
     }
 }
 
+/// One of the numbers an agent sent.
+type Count = fn(&Sent) -> u64;
+
 /// Every difference between the sink's counts and what the agents sent.
 fn mismatches(counts: &Value, agents: &[Sent]) -> Vec<String> {
     let mut out = Vec::new();
@@ -386,10 +155,10 @@ fn mismatches(counts: &Value, agents: &[Sent]) -> Vec<String> {
             out.push(format!("{what}: sink has {got}, agents sent {want}"));
         }
     };
-    let sum = |f: fn(&Sent) -> u64| agents.iter().map(f).sum::<u64>();
+    let sum = |f: Count| agents.iter().map(f).sum::<u64>();
 
     for (signal, f) in [
-        ("segments", (|s: &Sent| s.segments) as fn(&Sent) -> u64),
+        ("segments", (|s: &Sent| s.segments) as Count),
         ("logs", |s| s.logs),
         ("meters", |s| s.meters),
     ] {
@@ -408,31 +177,19 @@ fn mismatches(counts: &Value, agents: &[Sent]) -> Vec<String> {
             sum(f),
         );
     }
-    check(
-        format!("{TRACE} messages"),
-        method(counts, TRACE, "messages"),
-        sum(|s| s.segments),
-    );
-    check(
-        format!("{LOG} messages"),
-        method(counts, LOG, "messages"),
-        sum(|s| s.logs),
-    );
-    check(
-        format!("{METER} messages"),
-        method(counts, METER, "messages"),
-        sum(|s| s.meters),
-    );
-    check(
-        format!("{PROPS} calls"),
-        method(counts, PROPS, "calls"),
-        sum(|s| s.properties),
-    );
-    check(
-        format!("{PING} calls"),
-        method(counts, PING, "calls"),
-        sum(|s| s.pings),
-    );
+    for (path, field, f) in [
+        (TRACE, "messages", (|s: &Sent| s.segments) as Count),
+        (LOG, "messages", |s| s.logs),
+        (METER, "messages", |s| s.meters),
+        (PROPS, "calls", |s| s.properties),
+        (PING, "calls", |s| s.pings),
+    ] {
+        check(
+            format!("{path} {field}"),
+            method_count(counts, path, field),
+            sum(f),
+        );
+    }
 
     // Every message the sink acknowledged parsed as its method's payload.
     check(
@@ -473,10 +230,6 @@ fn entries<'a>(counts: &'a Value, signal: &str) -> impl Iterator<Item = &'a Valu
     counts[signal].as_array().into_iter().flatten()
 }
 
-fn method(counts: &Value, path: &str, field: &str) -> u64 {
-    counts["methods"][path][field].as_u64().unwrap_or(0)
-}
-
 // ---------------------------------------------------------------------------------------
 // The agents
 
@@ -490,88 +243,18 @@ struct Want {
     meters: u64,
 }
 
-static RUST_AGENT: OnceCell<PathBuf> = OnceCell::const_new();
-static PYTHON_VENV: OnceCell<PathBuf> = OnceCell::const_new();
-
-/// `sw-rust-agent`, built next to the satmesh binary under test.
-async fn rust_agent_bin() -> &'static Path {
-    RUST_AGENT.get_or_init(build_rust_agent).await
+async fn run_rust_agent(collector: impl std::fmt::Display, want: &Want) -> Sent {
+    let cmd = rust_agent(collector).await;
+    report("rust", cmd, want, Duration::from_secs(60)).await
 }
 
-async fn build_rust_agent() -> PathBuf {
-    let profile_dir = Path::new(env!("CARGO_BIN_EXE_satmesh"))
-        .parent()
-        .expect("binary directory");
-    let target_dir = profile_dir.parent().expect("target directory");
-    let bin = profile_dir.join("sw-rust-agent");
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
-    let mut cmd = Command::new(cargo);
-    cmd.current_dir(REPO)
-        .args([
-            "build",
-            "-p",
-            "satmesh-rust-agent",
-            "--bin",
-            "sw-rust-agent",
-        ])
-        .arg("--target-dir")
-        .arg(target_dir);
-    match profile_dir.file_name().and_then(|n| n.to_str()) {
-        Some("debug") | None => {}
-        Some("release") => {
-            cmd.arg("--release");
-        }
-        Some(other) => {
-            cmd.args(["--profile", other]);
-        }
-    }
-    let mut build = Proc::spawn("cargo build -p satmesh-rust-agent", &mut cmd);
-    let status = build.finish(Duration::from_secs(900)).await;
-    assert!(
-        status.success() && bin.exists(),
-        "could not build {} (run `cargo build -p satmesh-rust-agent` yourself to see why; \
-         its build needs `protoc`: apt-get install protobuf-compiler)\n{}",
-        bin.display(),
-        build.dump()
-    );
-    bin
+async fn run_python_agent(collector: impl std::fmt::Display, want: &Want) -> Sent {
+    let cmd = python_agent(collector).await;
+    report("python", cmd, want, Duration::from_secs(90)).await
 }
 
-/// The Python interpreter of `target/agents-venv`, made by tests/agents/setup.sh.
-async fn python_bin() -> &'static Path {
-    PYTHON_VENV
-        .get_or_init(|| async {
-            let mut setup = Proc::spawn(
-                "tests/agents/setup.sh",
-                Command::new("bash").arg(Path::new(REPO).join("tests/agents/setup.sh")),
-            );
-            let status = setup.finish(Duration::from_secs(600)).await;
-            assert!(
-                status.success(),
-                "tests/agents/setup.sh failed (it installs apache-skywalking==1.2.0 from PyPI \
-                 into target/agents-venv)\n{}",
-                setup.dump()
-            );
-            Path::new(REPO).join("target/agents-venv/bin/python")
-        })
-        .await
-}
-
-async fn run_rust_agent(collector: &str, want: &Want) -> Sent {
-    let mut cmd = Command::new(rust_agent_bin().await);
-    cmd.env("SW_AGENT_COLLECTOR_BACKEND_SERVICES", collector);
-    run_agent("rust", cmd, want, Duration::from_secs(60)).await
-}
-
-async fn run_python_agent(collector: &str, want: &Want) -> Sent {
-    let mut cmd = Command::new(python_bin().await);
-    cmd.arg(Path::new(REPO).join("tests/agents/python_agent.py"))
-        .env("SW_AGENT_COLLECTOR_BACKEND_SERVICES", collector)
-        .env_remove("SW_AGENT_AUTHENTICATION");
-    run_agent("python", cmd, want, Duration::from_secs(90)).await
-}
-
-async fn run_agent(agent: &'static str, mut cmd: Command, want: &Want, timeout: Duration) -> Sent {
+/// Runs the agent with `want`'s flags and checks what it says it sent.
+async fn report(agent: &'static str, mut cmd: Command, want: &Want, within: Duration) -> Sent {
     cmd.args(["--service", want.service, "--instance", want.instance])
         .args(["--segments", &want.segments.to_string()])
         .args(["--logs", &want.logs.to_string()])
@@ -579,15 +262,8 @@ async fn run_agent(agent: &'static str, mut cmd: Command, want: &Want, timeout: 
     if let Some(token) = want.token {
         cmd.args(["--token", token]);
     }
-    let mut proc = Proc::spawn(&format!("{agent} agent"), &mut cmd);
-    let status = proc.finish(timeout).await;
-    let output = proc.dump();
-    assert!(
-        status.success(),
-        "{agent} agent exited with {status}\n{output}"
-    );
-    let stdout = lock(&proc.stdout).join("\n");
-    Sent::parse(agent, want.token.unwrap_or(""), &stdout, want, &output)
+    let run = run_agent(&format!("{agent} agent"), &mut cmd, within).await;
+    Sent::parse(agent, want.token.unwrap_or(""), &run, want)
 }
 
 // ---------------------------------------------------------------------------------------
@@ -613,18 +289,20 @@ const PYTHON: Want = Want {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rust_agent_reports_arrive_through_satmesh() {
-    let mut mesh = Mesh::start().await;
-    let sent = run_rust_agent(&mesh.proxy_grpc, &RUST).await;
-    mesh.expect_arrived(&[sent]).await;
-    mesh.stop_proxy().await;
+    let sink = sink(&[]).await;
+    let mut proxy = satmesh(&[sink.grpc], "").await;
+    let sent = run_rust_agent(proxy.grpc, &RUST).await;
+    expect_arrived(&sink, &[sent]).await;
+    stop_proxy(&mut proxy).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn python_agent_reports_arrive_through_satmesh() {
-    let mut mesh = Mesh::start().await;
-    let sent = run_python_agent(&mesh.proxy_grpc, &PYTHON).await;
-    mesh.expect_arrived(&[sent]).await;
-    mesh.stop_proxy().await;
+    let sink = sink(&[]).await;
+    let mut proxy = satmesh(&[sink.grpc], "").await;
+    let sent = run_python_agent(proxy.grpc, &PYTHON).await;
+    expect_arrived(&sink, &[sent]).await;
+    stop_proxy(&mut proxy).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -632,7 +310,8 @@ async fn two_agents_with_tokens_are_kept_apart() {
     // Build and install first, so the two agents really run at the same time.
     rust_agent_bin().await;
     python_bin().await;
-    let mut mesh = Mesh::start().await;
+    let sink = sink(&[]).await;
+    let mut proxy = satmesh(&[sink.grpc], "").await;
     let rust = Want {
         token: Some("token-rust"),
         ..RUST
@@ -642,14 +321,14 @@ async fn two_agents_with_tokens_are_kept_apart() {
         ..PYTHON
     };
     let (a, b) = tokio::join!(
-        run_rust_agent(&mesh.proxy_grpc, &rust),
-        run_python_agent(&mesh.proxy_grpc, &python)
+        run_rust_agent(proxy.grpc, &rust),
+        run_python_agent(proxy.grpc, &python)
     );
-    let counts = mesh.expect_arrived(&[a, b]).await;
+    let counts = expect_arrived(&sink, &[a, b]).await;
     assert_eq!(
         counts["authentication"].get(""),
         None,
         "calls without a token reached the sink: {counts:#}"
     );
-    mesh.stop_proxy().await;
+    stop_proxy(&mut proxy).await;
 }

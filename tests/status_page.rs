@@ -1,13 +1,16 @@
 //! `GET /status`: the JSON document, the HTML page served to browsers (rendered and
 //! refreshed in headless Chromium), and `satmesh status` against a live endpoint.
 //!
-//! The routes are served in-process from a scripted [`StatusSource`]: each call takes the
-//! next document of its script and the last one repeats, so a test decides exactly what
-//! the page's first and later fetches see.
+//! Most tests serve the routes in-process from a scripted [`StatusSource`]: each call
+//! takes the next document of its script and the last one repeats, so a test decides
+//! exactly what the page's first and later fetches see. The shedding test runs a real
+//! two-peer tier and a synthetic fleet.
 //!
 //! Chromium: Debian's `chromium` package at /usr/bin/chromium (or `SATMESH_CHROMIUM`). When
 //! it is missing the browser test skips loudly, unless `SATMESH_REQUIRE_CHROMIUM=1`, which
 //! makes it fail (CI sets it).
+
+mod common;
 
 use std::collections::{BTreeMap, VecDeque};
 use std::net::SocketAddr;
@@ -15,9 +18,13 @@ use std::path::PathBuf;
 use std::process::Stdio;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use satmesh::status::{StatusDoc, StatusSource, routes};
+use common::{Proc, free_port, free_udp_port, ready, satmesh_env, sink};
+use satmesh::load::{self, LoadSpec, Progress};
+use satmesh::shed::ShedRound;
+use satmesh::status::{PeerStatus, ShedStatus, StatusDoc, StatusSource, routes};
+use satmesh_cluster::balance::Balance;
 use satmesh_cluster::{ClusterView, Peer, PeerFacts, PeerId, PeerState, Ring};
 use tokio::net::TcpListener;
 use tokio::process::Command;
@@ -69,6 +76,10 @@ fn peer(name: &str, live: bool, state: PeerState, connections: u64, digest: u64)
             events_per_sec: 250.0,
             oap_health: [(OAP_A.into(), true), (OAP_B.into(), true)].into(),
             ring_digest: digest,
+            connections_shed: 0,
+            connections_turned_away: 0,
+            balance_action: "balanced".into(),
+            fair_share: Some(280.0),
         },
         live,
         heartbeat: 42,
@@ -77,20 +88,46 @@ fn peer(name: &str, live: bool, state: PeerState, connections: u64, digest: u64)
     }
 }
 
-/// Three peers (ready, draining, dead) agreeing on a ring of two OAP nodes.
+/// Three peers (ready, draining, dead) agreeing on a ring of two OAP nodes; peer-1 (this
+/// peer) is shedding and has shed twice.
 fn first_doc() -> StatusDoc {
     let ring = Ring::new(&[OAP_A, OAP_B]);
     let d = ring.digest();
+    let mut shedding = peer("peer-1", true, PeerState::Ready, 812, d);
+    shedding.facts.connections_shed = 1234;
+    shedding.facts.connections_turned_away = 56;
+    shedding.facts.balance_action = "shedding".into();
     let view = ClusterView {
-        self_id: peer("peer-1", true, PeerState::Ready, 0, d).id,
+        self_id: shedding.id.clone(),
         peers: vec![
-            peer("peer-1", true, PeerState::Ready, 812, d),
+            shedding,
             peer("peer-2", true, PeerState::Draining, 37, d),
             peer("peer-3", false, PeerState::Ready, 5, 0xdead),
         ],
     };
     let traffic = [(OAP_A.to_owned(), 1200), (OAP_B.to_owned(), 300)].into();
+    let latest = Balance {
+        shed: 50,
+        turn_away: true,
+        mean: Some(280.0),
+        hold: None,
+    };
+    let rounds = vec![
+        ShedRound {
+            at_ms: 900,
+            drained: 50,
+            serving: 812,
+            mean: 280.0,
+        },
+        ShedRound {
+            at_ms: 0,
+            drained: 48,
+            serving: 862,
+            mean: 280.0,
+        },
+    ];
     StatusDoc::build(&view, &ring, &traffic, 1_000)
+        .with_shedding(ShedStatus::new(Some(&latest), rounds))
 }
 
 /// Later: peer-1 took more agents, peer-2 is gone, peer-3 came back on another ring.
@@ -153,6 +190,13 @@ async fn json_is_the_default_and_html_is_for_browsers() {
     assert_eq!(json["peers"][2]["live"], false);
     assert_eq!(json["peers"][2]["ring_digest"], "000000000000dead");
     assert_eq!(json["oap"][0]["messages_sent_by_this_peer"], 1200);
+    assert_eq!(json["peers"][0]["connections_shed"], 1234);
+    assert_eq!(json["peers"][0]["connections_turned_away"], 56);
+    assert_eq!(json["peers"][0]["balance_action"], "shedding");
+    assert_eq!(json["peers"][0]["fair_share"], 280.0);
+    assert_eq!(json["shedding"]["action"], "shedding");
+    assert_eq!(json["shedding"]["shed"], 50);
+    assert_eq!(json["shedding"]["recent"][0]["drained"], 50);
     let doc: StatusDoc = serde_json::from_value(json).unwrap();
     assert_eq!(doc, first_doc());
 
@@ -196,6 +240,11 @@ async fn satmesh_status_prints_the_table_or_the_raw_document() {
         row("peer-1")[..6],
         ["peer-1", "(self)", "ready", "yes", "812/4000", "250.0"]
     );
+    assert_eq!(
+        row("peer-1")[8..],
+        ["1234", "56", "shedding", "(mean", "280.0)"],
+        "{stdout}"
+    );
     assert_eq!(row("peer-2")[..4], ["peer-2", "draining", "yes", "37/4000"]);
     assert_eq!(row("peer-3")[..3], ["peer-3", "dead", "no"]);
     assert!(
@@ -203,6 +252,13 @@ async fn satmesh_status_prints_the_table_or_the_raw_document() {
         "{stdout}"
     );
     assert!(stdout.contains("all live peers agree"), "{stdout}");
+    assert!(
+        stdout.contains(
+            "shedding here: shedding (mean 280.0); recent sheds, newest first: \
+             -50 (812 left), -48 (862 left)"
+        ),
+        "{stdout}"
+    );
 
     let out = Command::new(BIN)
         .args(["status", "--json", "--admin", &format!("http://{admin}/")])
@@ -372,6 +428,35 @@ fn oap_bars(dom: &str) -> Vec<(String, u64)> {
         .collect()
 }
 
+/// `(node, shed, turned away, action)` of each row of the peer table.
+fn peer_rows(dom: &str) -> Vec<(String, u64, u64, String)> {
+    elements(dom, "peer-row")
+        .into_iter()
+        .map(|a| {
+            (
+                a["data-node"].clone(),
+                a["data-shed"].parse().unwrap(),
+                a["data-turned-away"].parse().unwrap(),
+                a["data-action"].clone(),
+            )
+        })
+        .collect()
+}
+
+/// `(at_ms, drained, serving)` of each recent shed round listed.
+fn shed_rounds(dom: &str) -> Vec<(u64, u64, u64)> {
+    elements(dom, "shed-round")
+        .into_iter()
+        .map(|a| {
+            (
+                a["data-at"].parse().unwrap(),
+                a["data-drained"].parse().unwrap(),
+                a["data-serving"].parse().unwrap(),
+            )
+        })
+        .collect()
+}
+
 fn ring_agrees(dom: &str) -> Option<String> {
     let start = dom.find("<div id=\"ring\"")?;
     attributes(&dom[start..start + dom[start..].find('>')?]).remove("data-agree")
@@ -408,6 +493,25 @@ async fn the_page_draws_bars_and_refreshes_itself_in_chromium() {
     assert_eq!(ring_agrees(&dom).as_deref(), Some("true"), "{dom}");
     assert!(dom.contains("812 / 4,000"), "{dom}");
     assert!(dom.contains("as seen by peer-1"), "{dom}");
+    assert_eq!(
+        peer_rows(&dom),
+        [
+            (s("peer-1"), 1234, 56, s("shedding")),
+            (s("peer-2"), 0, 0, s("balanced")),
+            (s("peer-3"), 0, 0, s("balanced")),
+        ],
+        "{dom}"
+    );
+    assert!(dom.contains(r#"<td class="num shed">1,234</td>"#), "{dom}");
+    assert!(
+        dom.contains(r#"<span class="badge act-shedding">shedding</span><span class="muted sub"> mean 280.0</span>"#),
+        "{dom}"
+    );
+    assert_eq!(shed_rounds(&dom), [(900, 50, 812), (0, 48, 862)], "{dom}");
+    assert!(
+        dom.contains("Latest decision: shedding (mean 280.0), draining 50 connection(s)"),
+        "{dom}"
+    );
 
     // Second load: the page's first fetch gets the old document, the next one (a second
     // later) the new; the page shows the new numbers only if it refreshed itself.
@@ -429,4 +533,162 @@ async fn the_page_draws_bars_and_refreshes_itself_in_chromium() {
     assert!(dom.contains("5,000 msgs · 3,800/s"), "{dom}");
     assert!(refreshes(&dom) >= 2, "{dom}");
     assert!(source.calls.load(Ordering::SeqCst) >= 2);
+}
+
+/// Starts tier peer `i` of a tier gossiping on `gossip` (every port a seed), with
+/// shedding at its defaults.
+async fn tier_peer(i: usize, grpc: u16, gossip: &[u16], oaps: &[SocketAddr]) -> Proc {
+    let seeds: Vec<String> = gossip.iter().map(|p| format!("127.0.0.1:{p}")).collect();
+    let (id, listen, glisten) = (
+        format!("peer-{i}"),
+        format!("127.0.0.1:{grpc}"),
+        format!("127.0.0.1:{}", gossip[i]),
+    );
+    let envs = [
+        ("SATMESH__CLUSTER__NODE_ID", id.as_str()),
+        ("SATMESH__CLUSTER__GOSSIP_LISTEN", glisten.as_str()),
+        ("SATMESH__CLUSTER__SEEDS", &seeds.join(",")),
+        ("SATMESH__SERVER__LISTEN", listen.as_str()),
+    ];
+    satmesh_env(oaps, "", &envs).await
+}
+
+async fn status_of(p: &Proc) -> StatusDoc {
+    let (code, body) = p.get("/status").await;
+    assert_eq!(code, 200, "{body}");
+    serde_json::from_str(&body).expect("a status document")
+}
+
+fn peer_in<'a>(doc: &'a StatusDoc, node: &str) -> Option<&'a PeerStatus> {
+    doc.peers.iter().find(|p| p.node_id == node)
+}
+
+/// The sum of every sample of metric `name` (all label values).
+async fn metric_sum(p: &Proc, name: &str) -> f64 {
+    let (_, body) = p.get("/metrics").await;
+    body.lines()
+        .filter(|l| {
+            l.strip_prefix(name)
+                .is_some_and(|r| r.starts_with(['{', ' ']))
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// Every agent on peer-0 of a two-peer tier: peer-0 sheds, and the other peer's `/status`
+/// (JSON and page) shows it from gossip, as it happens and then equal to peer-0's own
+/// counters; peer-0's `/status` lists its recent shed rounds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_other_peer_shows_a_shedding_peer_and_it_lists_its_rounds() {
+    let oap = sink(&[]).await;
+    let oaps = [oap.grpc];
+    let grpc: Vec<u16> = (0..2).map(|_| free_port()).collect();
+    let gossip: Vec<u16> = (0..2).map(|_| free_udp_port()).collect();
+    let targets: Vec<SocketAddr> = grpc
+        .iter()
+        .map(|p| SocketAddr::from(([127, 0, 0, 1], *p)))
+        .collect();
+
+    // peer-0 alone first: every agent of the first-address-first fleet lands on it.
+    let shedder = tier_peer(0, grpc[0], &gossip, &oaps).await;
+    ready(&shedder).await;
+    const AGENTS: usize = 40;
+    let stop = CancellationToken::new();
+    let _stop_fleet = stop.clone().drop_guard();
+    tokio::spawn(load::run(
+        LoadSpec {
+            targets,
+            connections: AGENTS,
+            streams_per_connection: 1,
+            messages_per_call: 2,
+            message_bytes: 100,
+            duration: Duration::from_secs(120),
+            max_messages: None,
+            call_interval: Duration::from_millis(200),
+        },
+        Arc::new(Progress::default()),
+        stop,
+    ));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while shedder.metric("satmesh_agent_connections").await < AGENTS as f64 {
+        assert!(Instant::now() < deadline, "the fleet never connected");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // peer-1 joins with no agent: peer-0 is over its share and sheds towards it.
+    let other = tier_peer(1, grpc[1], &gossip, &oaps).await;
+    let started = Instant::now();
+    let mut seen_shedding = false;
+    let (shed, turned_away) = loop {
+        let doc = status_of(&other).await;
+        let shed_metric = shedder
+            .metric("satmesh_connections_drained_total{reason=\"shed\"}")
+            .await;
+        let turned_away_metric =
+            metric_sum(&shedder, "satmesh_connections_turned_away_total").await;
+        if let Some(p0) = peer_in(&doc, "peer-0") {
+            if p0.balance_action == "shedding" {
+                seen_shedding = true;
+                assert!(p0.fair_share.is_some_and(|m| m > 0.0), "{p0:?}");
+            }
+            // Settled: no longer shedding, and gossip caught up with peer-0's counters.
+            if seen_shedding
+                && p0.balance_action != "shedding"
+                && p0.connections_shed > 0
+                && p0.connections_shed as f64 == shed_metric
+                && p0.connections_turned_away as f64 == turned_away_metric
+            {
+                break (p0.connections_shed, p0.connections_turned_away);
+            }
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "peer-1 never showed peer-0 shedding then settled (seen shedding: {seen_shedding}, \
+             shed metric {shed_metric}, turned away {turned_away_metric}): {doc:#?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+
+    // peer-0's own document: its latest decision and the rounds it shed in.
+    let own = status_of(&shedder).await;
+    let s = &own.shedding;
+    assert!(s.enabled, "{s:?}");
+    assert!(!s.recent.is_empty(), "{s:?}");
+    assert!(s.recent.len() <= satmesh::shed::ShedHistory::CAPACITY);
+    assert!(
+        s.recent.windows(2).all(|w| w[0].at_ms >= w[1].at_ms),
+        "newest first: {s:?}"
+    );
+    let drained: usize = s.recent.iter().map(|r| r.drained).sum();
+    assert!(drained > 0, "{s:?}");
+    if s.recent.len() < satmesh::shed::ShedHistory::CAPACITY {
+        // Every round is still listed: they add up to the total.
+        assert_eq!(drained as u64, shed, "{s:?}");
+    }
+    for r in &s.recent {
+        assert!(r.serving < AGENTS && r.mean > 0.0, "{r:?}");
+        assert!(r.at_ms <= own.generated_at_ms, "{r:?}");
+    }
+    let me = peer_in(&own, "peer-0").expect("peer-0 in its own view");
+    assert_eq!(me.balance_action, s.action);
+
+    // The pages: peer-1 shows peer-0's shed column; peer-0 lists its rounds.
+    let Some(chromium) = chromium() else {
+        return;
+    };
+    let dom = dump_dom(&chromium, &format!("http://{}/status", other.admin), 1500).await;
+    let rows = peer_rows(&dom);
+    let p0 = rows
+        .iter()
+        .find(|r| r.0 == "peer-0")
+        .unwrap_or_else(|| panic!("no row for peer-0: {dom}"));
+    assert_eq!((p0.1, p0.2), (shed, turned_away), "{dom}");
+    assert!(
+        dom.contains(&format!(r#"<td class="num shed">{shed}</td>"#)),
+        "{dom}"
+    );
+    let dom = dump_dom(&chromium, &format!("http://{}/status", shedder.admin), 1500).await;
+    let listed = shed_rounds(&dom);
+    assert!(!listed.is_empty(), "{dom}");
+    assert!(listed.iter().any(|r| r.1 > 0), "{dom}");
 }

@@ -6,16 +6,24 @@
 //! peer publishes `state = draining`, and the per-OAP health view is one value, so an OAP
 //! node that disappears is simply absent from the next value.
 //!
-//! | key                | value                                          |
-//! |--------------------|------------------------------------------------|
-//! | `grpc_addr`        | advertised agent-facing address                |
-//! | `admin_addr`       | advertised admin (HTTP) address                |
-//! | `state`            | `ready` or `draining`                          |
-//! | `connections`      | open agent connections, decimal                |
-//! | `connection_limit` | connections this peer accepts, decimal         |
-//! | `events_per_sec`   | events received per second, one decimal        |
-//! | `oap_health`       | JSON object `{"ip:port": true/false, ...}`     |
-//! | `ring_digest`      | digest of the ring this peer routes with, hex  |
+//! | key                       | value                                                      |
+//! |---------------------------|------------------------------------------------------------|
+//! | `grpc_addr`               | advertised agent-facing address                            |
+//! | `admin_addr`              | advertised admin (HTTP) address                            |
+//! | `state`                   | `ready` or `draining`                                      |
+//! | `connections`             | open agent connections, decimal                            |
+//! | `connection_limit`        | connections this peer accepts, decimal                     |
+//! | `events_per_sec`          | events received per second, one decimal                    |
+//! | `oap_health`              | JSON object `{"ip:port": true/false, ...}`                 |
+//! | `ring_digest`             | digest of the ring this peer routes with, hex              |
+//! | `connections_shed`        | connections drained by shedding since start, decimal       |
+//! | `connections_turned_away` | connections turned away since start (any reason), decimal  |
+//! | `balance_action`          | what the shedder did last (see below)                      |
+//! | `fair_share`              | the tier mean it acted on, one decimal; empty when unknown |
+//!
+//! `balance_action` is `shedding`, `turning_away`, `balanced`, `off` (balancing disabled),
+//! the hold reason of [`Balance::hold`] (such as `stale gossip` or `only ready peer`), or
+//! empty before the shedder's first decision.
 //!
 //! Decoding ignores unknown keys, so a newer peer may add facts; changing the meaning of
 //! a value needs a new key.
@@ -24,6 +32,8 @@ use std::collections::BTreeMap;
 use std::fmt;
 
 use serde::{Deserialize, Serialize};
+
+use crate::balance::Balance;
 
 /// A peer incarnation: `node_id` survives restarts, `generation` (start time in ns)
 /// grows on every start, so a restarted peer is told apart from its former self.
@@ -86,6 +96,43 @@ pub struct PeerFacts {
     pub oap_health: BTreeMap<String, bool>,
     /// [`Ring::digest`](crate::ring::Ring::digest) of the ring this peer routes with.
     pub ring_digest: u64,
+    /// Connections this peer drained by shedding since it started.
+    pub connections_shed: u64,
+    /// Connections this peer turned away since it started, for any reason.
+    pub connections_turned_away: u64,
+    /// What this peer's shedder did last (see [`balance_action`]); empty when unknown.
+    pub balance_action: String,
+    /// The tier's mean connections (the fair share) its last decision acted on.
+    pub fair_share: Option<f64>,
+}
+
+/// `balance_action` while the peer is over its share: it drains connections.
+pub const ACTION_SHEDDING: &str = "shedding";
+/// ...at or above its ceiling: new connections are turned away, none drained this round.
+pub const ACTION_TURNING_AWAY: &str = "turning_away";
+/// ...within the tolerance of its fair share.
+pub const ACTION_BALANCED: &str = "balanced";
+/// ...balancing is disabled on that peer.
+pub const ACTION_OFF: &str = "off";
+
+/// The `balance_action` of a peer whose shedder decided `latest` last (None: balancing is
+/// off). Empty before the first decision.
+pub fn balance_action(latest: Option<&Balance>) -> &'static str {
+    let Some(b) = latest else {
+        return ACTION_OFF;
+    };
+    if b.shed > 0 {
+        ACTION_SHEDDING
+    } else if b.turn_away {
+        ACTION_TURNING_AWAY
+    } else {
+        match b.hold {
+            // The decision's own words for "balanced" (a unit test below keeps them in step).
+            Some("within tolerance") => ACTION_BALANCED,
+            Some(reason) => reason,
+            None => "",
+        }
+    }
 }
 
 pub(crate) const GRPC_ADDR: &str = "grpc_addr";
@@ -96,6 +143,10 @@ pub(crate) const CONNECTION_LIMIT: &str = "connection_limit";
 pub(crate) const EVENTS_PER_SEC: &str = "events_per_sec";
 pub(crate) const OAP_HEALTH: &str = "oap_health";
 pub(crate) const RING_DIGEST: &str = "ring_digest";
+pub(crate) const CONNECTIONS_SHED: &str = "connections_shed";
+pub(crate) const CONNECTIONS_TURNED_AWAY: &str = "connections_turned_away";
+pub(crate) const BALANCE_ACTION: &str = "balance_action";
+pub(crate) const FAIR_SHARE: &str = "fair_share";
 
 /// Why a peer's key-values do not form facts (yet): the peer is left out of views.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -116,6 +167,10 @@ impl PeerFacts {
         };
         // A BTreeMap<String, bool> always serializes.
         let health = serde_json::to_string(&self.oap_health).unwrap_or_else(|_| "{}".into());
+        let fair_share = match self.fair_share {
+            Some(mean) if mean.is_finite() && mean >= 0.0 => format!("{mean:.1}"),
+            _ => String::new(),
+        };
         [
             (GRPC_ADDR, self.grpc_addr.clone()),
             (ADMIN_ADDR, self.admin_addr.clone()),
@@ -125,6 +180,13 @@ impl PeerFacts {
             (EVENTS_PER_SEC, format!("{events:.1}")),
             (OAP_HEALTH, health),
             (RING_DIGEST, format!("{:016x}", self.ring_digest)),
+            (CONNECTIONS_SHED, self.connections_shed.to_string()),
+            (
+                CONNECTIONS_TURNED_AWAY,
+                self.connections_turned_away.to_string(),
+            ),
+            (BALANCE_ACTION, self.balance_action.clone()),
+            (FAIR_SHARE, fair_share),
         ]
         .into_iter()
         .map(|(k, v)| (k.to_owned(), v))
@@ -164,6 +226,13 @@ impl PeerFacts {
             None => 0,
             Some(v) => u64::from_str_radix(v, 16).map_err(|_| invalid(RING_DIGEST, v))?,
         };
+        let fair_share = match get(FAIR_SHARE) {
+            None | Some("") => None,
+            Some(v) => match v.parse::<f64>() {
+                Ok(x) if x.is_finite() && x >= 0.0 => Some(x),
+                _ => return Err(invalid(FAIR_SHARE, v)),
+            },
+        };
         Ok(PeerFacts {
             grpc_addr: grpc_addr.to_owned(),
             admin_addr: get(ADMIN_ADDR).unwrap_or_default().to_owned(),
@@ -173,6 +242,10 @@ impl PeerFacts {
             events_per_sec,
             oap_health,
             ring_digest,
+            connections_shed: count(CONNECTIONS_SHED)?,
+            connections_turned_away: count(CONNECTIONS_TURNED_AWAY)?,
+            balance_action: get(BALANCE_ACTION).unwrap_or_default().to_owned(),
+            fair_share,
         })
     }
 }
@@ -195,6 +268,10 @@ mod tests {
             ]
             .into(),
             ring_digest: 0xdead_beef_0123_4567,
+            connections_shed: 42,
+            connections_turned_away: 1_234_567,
+            balance_action: ACTION_SHEDDING.into(),
+            fair_share: Some(270.66),
         }
     }
 
@@ -207,7 +284,50 @@ mod tests {
         let mut facts = sample();
         let decoded = decode(&facts.encode()).unwrap();
         facts.events_per_sec = 1520.2; // one decimal on the wire
+        facts.fair_share = Some(270.7);
         assert_eq!(decoded, facts);
+    }
+
+    #[test]
+    fn an_unknown_fair_share_and_action_round_trip_as_empty() {
+        let facts = PeerFacts {
+            events_per_sec: 1520.2,
+            fair_share: None,
+            balance_action: String::new(),
+            ..sample()
+        };
+        let kv = facts.encode();
+        let value = |key| kv.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str());
+        assert_eq!(value(FAIR_SHARE), Some(""));
+        assert_eq!(value(BALANCE_ACTION), Some(""));
+        assert_eq!(decode(&kv).unwrap(), facts);
+        let nan = PeerFacts {
+            fair_share: Some(f64::NAN),
+            ..facts.clone()
+        };
+        assert_eq!(decode(&nan.encode()).unwrap().fair_share, None);
+    }
+
+    #[test]
+    fn facts_of_a_peer_without_the_shedding_keys_decode_with_zero_values() {
+        // A peer of an older version publishes none of them.
+        let newer = [
+            CONNECTIONS_SHED,
+            CONNECTIONS_TURNED_AWAY,
+            BALANCE_ACTION,
+            FAIR_SHARE,
+        ];
+        let mut kv = sample().encode();
+        kv.retain(|(k, _)| !newer.contains(&k.as_str()));
+        let decoded = decode(&kv).unwrap();
+        assert_eq!(
+            (decoded.connections_shed, decoded.connections_turned_away),
+            (0, 0)
+        );
+        assert_eq!(
+            (decoded.balance_action.as_str(), decoded.fair_share),
+            ("", None)
+        );
     }
 
     #[test]
@@ -227,18 +347,65 @@ mod tests {
 
     #[test]
     fn invalid_values_are_rejected_not_guessed() {
-        let mut kv = sample().encode();
-        for (k, v) in &mut kv {
-            if k == CONNECTIONS {
-                *v = "-3".into();
+        for (key, bad) in [
+            (CONNECTIONS, "-3"),
+            (CONNECTIONS_SHED, "1.5"),
+            (CONNECTIONS_TURNED_AWAY, "many"),
+            (FAIR_SHARE, "-1.0"),
+            (FAIR_SHARE, "NaN"),
+        ] {
+            let mut kv = sample().encode();
+            for (k, v) in &mut kv {
+                if k == key {
+                    *v = bad.into();
+                }
             }
+            assert!(
+                matches!(decode(&kv), Err(FactsError::Invalid { key: k, .. }) if k == key),
+                "{key} = {bad}"
+            );
         }
-        assert!(matches!(
-            decode(&kv),
-            Err(FactsError::Invalid {
-                key: CONNECTIONS,
-                ..
-            })
-        ));
+    }
+
+    #[test]
+    fn the_balance_action_names_what_the_decision_does() {
+        use std::net::SocketAddr;
+
+        use crate::balance::{BalanceSettings, decide};
+        use crate::view::{ClusterView, Peer};
+
+        // This peer (p0) holds `own`, the other one `other`: the real decision decides.
+        let action = |own: u64, other: u64| {
+            let peer = |i: u16, connections| Peer {
+                id: PeerId {
+                    node_id: format!("p{i}"),
+                    generation: 1,
+                },
+                gossip_addr: SocketAddr::from(([127, 0, 0, 1], 7000 + i)),
+                facts: PeerFacts {
+                    grpc_addr: format!("p{i}:11800"),
+                    connections,
+                    ..PeerFacts::default()
+                },
+                live: true,
+                heartbeat: 1,
+                last_seen_ms_ago: 0,
+                is_self: i == 0,
+            };
+            let view = ClusterView {
+                self_id: peer(0, own).id,
+                peers: vec![peer(0, own), peer(1, other)],
+            };
+            let decision = decide(&view, own, &BalanceSettings::default());
+            balance_action(Some(&decision))
+        };
+        assert_eq!(action(300, 0), ACTION_SHEDDING);
+        assert_eq!(action(100, 100), ACTION_BALANCED);
+        assert_eq!(action(1, 0), "too few connections");
+        // Mean 2.5, ceiling 2: above it, but never shed below the fair share (3), so
+        // nothing to drain this round; new connections are still turned away.
+        assert_eq!(action(3, 2), ACTION_TURNING_AWAY);
+        assert_eq!(balance_action(None), ACTION_OFF);
+        assert_eq!(balance_action(Some(&Balance::default())), "");
     }
 }

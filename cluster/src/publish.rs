@@ -1,11 +1,15 @@
 //! When a peer's new facts are worth gossiping: a pure decision, no clock inside.
 //!
 //! Facts that change routing or membership decisions (state, addresses, connection limit,
-//! OAP health, ring digest) go out at once. Load counters (connections, events/s) go out
-//! at once when they moved by more than `large_change` (relative), otherwise at most once
-//! per `interval`, so a count changing by one does not bump the peer's gossip version (and
-//! wake every peer's change stream) each time. Chitchat itself coalesces writes made
-//! between two gossip rounds, so `interval` near the gossip interval is enough.
+//! OAP health, ring digest) go out at once, and so does a change of the shedder's action
+//! (a person watching the status page sees a peer start and stop shedding as it happens).
+//! Load figures (connections, events/s, the fair share) go out at once when they moved by
+//! more than `large_change` (relative), otherwise at most once per `interval`, so a count
+//! changing by one does not bump the peer's gossip version (and wake every peer's change
+//! stream) each time. The shed and turned-away totals only ever wait for `interval`: a
+//! client without backoff may be turned away thousands of times a second, and no decision
+//! reads them. Chitchat itself coalesces writes made between two gossip rounds, so
+//! `interval` near the gossip interval is enough.
 
 use std::time::Duration;
 
@@ -46,7 +50,8 @@ pub fn decide(
         || published.admin_addr != wanted.admin_addr
         || published.connection_limit != wanted.connection_limit
         || published.oap_health != wanted.oap_health
-        || published.ring_digest != wanted.ring_digest;
+        || published.ring_digest != wanted.ring_digest
+        || published.balance_action != wanted.balance_action;
     let large = is_large(
         published.connections as f64,
         wanted.connections as f64,
@@ -54,6 +59,10 @@ pub fn decide(
     ) || is_large(
         published.events_per_sec,
         wanted.events_per_sec,
+        limits.large_change,
+    ) || is_large(
+        published.fair_share.unwrap_or(0.0),
+        wanted.fair_share.unwrap_or(0.0),
         limits.large_change,
     );
     if urgent || large || since_published >= limits.interval {
@@ -138,8 +147,34 @@ mod tests {
         sick.oap_health.insert("10.9.0.1:11800".into(), false);
         let mut rerouted = base.clone();
         rerouted.ring_digest = 7;
-        for wanted in [draining, sick, rerouted] {
+        let mut shedding = base.clone();
+        shedding.balance_action = "shedding".into();
+        for wanted in [draining, sick, rerouted, shedding] {
             assert_eq!(decide(&base, &wanted, Duration::ZERO, LIMITS), Publish::Now);
         }
+    }
+
+    #[test]
+    fn shed_and_turned_away_totals_wait_for_the_interval_however_much_they_grow() {
+        let mut base = facts(800);
+        base.connections_turned_away = 10;
+        let mut busy = base.clone();
+        busy.connections_shed = 50;
+        busy.connections_turned_away = 5000;
+        assert_eq!(decide(&base, &busy, MS, LIMITS), Publish::After(499 * MS));
+        assert_eq!(decide(&base, &busy, 500 * MS, LIMITS), Publish::Now);
+    }
+
+    #[test]
+    fn the_fair_share_is_a_load_figure() {
+        let mut base = facts(800);
+        base.fair_share = Some(100.0);
+        let mut moved = base.clone();
+        moved.fair_share = Some(105.0);
+        assert_eq!(decide(&base, &moved, MS, LIMITS), Publish::After(499 * MS));
+        moved.fair_share = Some(120.0);
+        assert_eq!(decide(&base, &moved, MS, LIMITS), Publish::Now);
+        moved.fair_share = None;
+        assert_eq!(decide(&base, &moved, MS, LIMITS), Publish::Now);
     }
 }

@@ -10,11 +10,11 @@ use std::time::Duration;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpSocket};
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, warn};
+use tracing::{debug, info, warn};
 
-use super::admission::Admit;
+use super::admission::{Admit, TurnAway};
 use super::lifecycle::{ConnInfo, Ending};
 use super::registry::Connections;
 
@@ -59,10 +59,14 @@ pub async fn accept_loop<S, M, A, C>(
         .initial_connection_window_size(settings.connection_window_bytes)
         .keep_alive_interval(Some(Duration::from_secs(60)))
         .keep_alive_timeout(Duration::from_secs(20));
+    let mut listening = Listening::new(listener, connections.clone());
     loop {
+        let Some(open) = listening.open(&stop).await else {
+            return;
+        };
         let (stream, peer) = tokio::select! {
             _ = stop.cancelled() => return,
-            accepted = listener.accept() => match accepted {
+            accepted = open.accept() => match accepted {
                 Ok(pair) => pair,
                 Err(e) => {
                     // EMFILE and friends: back off briefly instead of spinning.
@@ -73,11 +77,15 @@ pub async fn accept_loop<S, M, A, C>(
             },
         };
         let info = connections.prepare(peer);
-        if connections.admit(peer) != Admit::Serve || !admit(&info) {
+        let verdict = connections.admit(peer);
+        if verdict != Admit::Serve || !admit(&info) {
             // A reset, not a FIN: nothing lingers in TIME_WAIT when a client retries in a
             // hot loop, and gRPC clients take it as a failed attempt (next address).
             let _ = stream.set_zero_linger();
             drop(stream);
+            if verdict == Admit::TurnAway(TurnAway::OverShare) {
+                listening.close();
+            }
             continue;
         }
         let _ = stream.set_nodelay(true);
@@ -96,4 +104,79 @@ pub async fn accept_loop<S, M, A, C>(
             },
         );
     }
+}
+
+/// How often a closed listener asks whether it may open again.
+const REOPEN_CHECK: Duration = Duration::from_millis(100);
+
+/// The agent listener, closed while this peer is above its share of the tier.
+///
+/// Turning a connection away after `accept` (a reset before the HTTP/2 handshake) sends
+/// a gRPC client with several addresses to the next one only if the client treats a
+/// failed handshake as a failed address: grpc-core (Python) does; tonic/hyper (the Rust
+/// agent) does not, it tries the next address of a DNS name only when `connect()` itself
+/// fails. So the first over-share turn-away also closes the listening socket: every
+/// client's `connect()` is then refused by the kernel and moves on at once, whatever its
+/// library. The socket is bound again as soon as an arrival would be served (checked
+/// every 100 ms). While it is closed, refused connections are not counted one by one:
+/// `satmesh_listener_open` is 0 and `satmesh_listener_closed_total` counts the closings.
+struct Listening {
+    listener: Option<TcpListener>,
+    addr: std::net::SocketAddr,
+    connections: Connections,
+}
+
+impl Listening {
+    fn new(listener: TcpListener, connections: Connections) -> Listening {
+        let addr = listener.local_addr().expect("a bound listener has an address");
+        connections.listener_opened();
+        Listening {
+            listener: Some(listener),
+            addr,
+            connections,
+        }
+    }
+
+    /// The open listener, reopening it first when it was closed and this peer may take
+    /// connections again. None once `stop` fires.
+    async fn open(&mut self, stop: &CancellationToken) -> Option<&TcpListener> {
+        while self.listener.is_none() {
+            tokio::select! {
+                _ = stop.cancelled() => return None,
+                _ = tokio::time::sleep(REOPEN_CHECK) => {}
+            }
+            if !self.connections.would_admit() {
+                continue;
+            }
+            match bind(self.addr) {
+                Ok(listener) => {
+                    info!(addr = %self.addr, "back within the tier's share, listening again");
+                    self.connections.listener_opened();
+                    self.listener = Some(listener);
+                }
+                Err(e) => warn!(addr = %self.addr, error = %e, "cannot listen again, retrying"),
+            }
+        }
+        self.listener.as_ref()
+    }
+
+    /// Closes the listener: the kernel refuses new connections (and resets those it had
+    /// queued but not yet handed to `accept`).
+    fn close(&mut self) {
+        if self.listener.take().is_some() {
+            info!(addr = %self.addr, "above the tier's share, listener closed: new connections go to other peers");
+            self.connections.listener_closed();
+        }
+    }
+}
+
+fn bind(addr: std::net::SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(1024)
 }

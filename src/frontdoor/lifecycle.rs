@@ -26,13 +26,15 @@
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::Duration;
 
 use tokio::sync::Notify;
 use tokio::time::{Instant, sleep_until};
 use tokio_util::sync::CancellationToken;
+
+use super::returns::Returns;
 
 pub type ConnId = u64;
 
@@ -179,6 +181,12 @@ pub struct ConnInfo {
     last_activity_ms: AtomicU64,
     open_streams: AtomicUsize,
     stream_end: StreamEnd,
+    /// The agent on this connection (see `identify`), once a message said who it is.
+    identity: OnceLock<u64>,
+    /// This peer shed the same agent recently and it came back: it is not shed again.
+    returned: AtomicBool,
+    /// Where sheds are remembered, to tell a client that came back.
+    returns: Option<Arc<Returns>>,
 }
 
 impl ConnInfo {
@@ -196,6 +204,49 @@ impl ConnInfo {
             last_activity_ms: AtomicU64::new(0),
             open_streams: AtomicUsize::new(0),
             stream_end,
+            identity: OnceLock::new(),
+            returned: AtomicBool::new(false),
+            returns: None,
+        }
+    }
+
+    /// Remembers sheds of this connection in `returns`, and checks its agent against it.
+    pub fn with_returns(mut self, returns: Arc<Returns>) -> ConnInfo {
+        self.returns = Some(returns);
+        self
+    }
+
+    /// Whether a message already said which agent this connection carries.
+    pub fn is_identified(&self) -> bool {
+        self.identity.get().is_some()
+    }
+
+    /// The agent on this connection, from the routing key (service, instance) of the
+    /// first message that has one. The first call wins; an agent this peer shed recently
+    /// marks the connection as returned.
+    pub fn identify(&self, routing_key: &[u8]) {
+        let identity = {
+            use std::hash::{Hash, Hasher};
+            let mut h = std::collections::hash_map::DefaultHasher::new();
+            routing_key.hash(&mut h);
+            h.finish()
+        };
+        if self.identity.set(identity).is_ok()
+            && self.returns.as_ref().is_some_and(|r| r.arrived(identity))
+        {
+            self.returned.store(true, Ordering::Relaxed);
+        }
+    }
+
+    /// This connection's agent was shed by this peer and came back (see `returns`).
+    pub fn returned(&self) -> bool {
+        self.returned.load(Ordering::Relaxed)
+    }
+
+    /// Called when this connection is shed: remembers its agent, if known.
+    pub(crate) fn remember_shed(&self) {
+        if let (Some(identity), Some(returns)) = (self.identity.get(), &self.returns) {
+            returns.shed(*identity);
         }
     }
 

@@ -13,6 +13,7 @@ mod forward;
 pub mod lifecycle;
 mod receive;
 pub mod registry;
+pub mod returns;
 pub mod routes;
 pub mod stream;
 

@@ -46,6 +46,8 @@ pub async fn receive(
     let fixed = state.policies[usize::from(method)] == RoutePolicy::Fixed;
     let payload_kind = crate::protocol::method(method).payload;
     let mut key = None;
+    // The first message that names its agent identifies the connection (see `returns`).
+    let mut identify = !conn.is_identified() && payload_kind.key_fields().is_some();
     let mut stream = req.into_inner();
     let where_it_stands = || (progress.last_data(), progress.at_boundary());
     // One waiter for the whole call while serving: no per-message registration.
@@ -78,9 +80,18 @@ pub async fn receive(
         };
         m.messages_in.inc();
         m.bytes_in.inc_by(payload.len() as u64);
-        if fixed && key.is_none() {
+        if (fixed || identify) && key.is_none() {
             // A call routes by its first message's service and instance.
             key = key_of(payload_kind, &payload);
+        }
+        if identify {
+            identify = false;
+            if let Some(k) = &key {
+                conn.identify(k);
+            }
+            if !fixed {
+                key = None;
+            }
         }
         let event = Event {
             method,

@@ -19,6 +19,7 @@ use tracing::{debug, info, warn};
 
 use super::admission::{self, Admission, Admit, Arrival, TurnAway};
 use super::lifecycle::{self, ConnId, ConnInfo, ConnState, DrainReason, Ending, StreamEnd};
+use super::returns::Returns;
 use crate::metrics::FrontDoorMetrics;
 
 /// How connections live and leave; from the `server` and `shutdown` config sections.
@@ -37,6 +38,12 @@ pub struct LifecycleSettings {
     /// `shutdown.connection_grace`: grace of a `Shutdown` drain.
     pub shutdown_grace: Duration,
     pub stream_end: StreamEnd,
+    /// `balance.return_window`: a shed agent seen again within this long came back.
+    pub return_window: Duration,
+    /// Never shed again an agent that came back (`balance.turn_away`: with new
+    /// connections turned away, one that comes back cannot go anywhere else; without,
+    /// through a virtual IP, it came back by chance and may move next time).
+    pub hold_returned: bool,
 }
 
 impl Default for LifecycleSettings {
@@ -49,6 +56,8 @@ impl Default for LifecycleSettings {
             age_grace: Duration::from_secs(60),
             shutdown_grace: Duration::from_secs(10),
             stream_end: StreamEnd::default(),
+            return_window: Duration::from_secs(120),
+            hold_returned: true,
         }
     }
 }
@@ -75,6 +84,9 @@ pub struct ConnSnapshot {
     pub state: ConnState,
     /// A drain scheduled for later (max age, or a turn in a spread-out drain).
     pub scheduled_drain: Option<(Instant, DrainReason)>,
+    /// Its agent was shed by this peer and came back, and is not to be shed again
+    /// (`LifecycleSettings::hold_returned`).
+    pub held: bool,
 }
 
 impl ConnSnapshot {
@@ -113,6 +125,7 @@ struct Inner {
     next_id: AtomicU64,
     admission: RwLock<Option<Arc<dyn Admission>>>,
     counts: Mutex<LifecycleCounts>,
+    returns: Arc<Returns>,
     metrics: Option<FrontDoorMetrics>,
 }
 
@@ -133,6 +146,10 @@ impl Connections {
         if let Some(m) = &metrics {
             m.connection_limit.set(settings.max_connections as i64);
         }
+        let returns = Arc::new(Returns::new(
+            settings.return_window,
+            metrics.as_ref().map(|m| m.returned.clone()),
+        ));
         Connections {
             inner: Arc::new(Inner {
                 settings,
@@ -143,6 +160,7 @@ impl Connections {
                 next_id: AtomicU64::new(1),
                 admission: RwLock::new(None),
                 counts: Mutex::new(LifecycleCounts::default()),
+                returns,
                 metrics,
             }),
         }
@@ -191,6 +209,7 @@ impl Connections {
                 open_streams: c.open_streams(),
                 state: c.state(),
                 scheduled_drain: c.scheduled_drain(),
+                held: c.returned() && self.inner.settings.hold_returned,
             })
             .collect()
     }
@@ -211,11 +230,22 @@ impl Connections {
 
     /// Starts draining connection `id` now, with the grace of `reason`. False if it is
     /// not live or already draining.
+    /// A shed remembers the connection's agent, to tell whether it comes back.
     pub fn drain_one(&self, id: ConnId, reason: DrainReason) -> bool {
         let conn = self.live().get(&id).cloned();
         conn.is_some_and(|c| {
-            c.schedule_drain(Instant::now(), reason, self.inner.settings.grace(reason))
+            let scheduled =
+                c.schedule_drain(Instant::now(), reason, self.inner.settings.grace(reason));
+            if scheduled && reason == DrainReason::Shed {
+                c.remember_shed();
+            }
+            scheduled
         })
+    }
+
+    /// Shed agents that came back to this peer since start.
+    pub fn returned(&self) -> u64 {
+        self.inner.returns.returned()
     }
 
     /// Drains every serving connection, oldest first, evenly spread over `spread`: the
@@ -286,18 +316,46 @@ impl Connections {
             serving: self.serving(),
             limit: self.inner.settings.max_connections,
         };
-        let policy = self
-            .inner
-            .admission
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone();
+        let policy = self.policy();
         let verdict = admission::decide(&arrival, policy.as_deref());
         if let Admit::TurnAway(why) = verdict {
             self.count_turned_away(why);
             debug!(%peer, open, reason = why.label(), "connection turned away");
         }
         verdict
+    }
+
+    /// Whether a connection arriving now would be served (nothing counted).
+    pub(crate) fn would_admit(&self) -> bool {
+        let arrival = Arrival {
+            peer: SocketAddr::from(([0, 0, 0, 0], 0)),
+            open: self.len(),
+            serving: self.serving(),
+            limit: self.inner.settings.max_connections,
+        };
+        let policy = self.policy();
+        admission::decide(&arrival, policy.as_deref()) == Admit::Serve
+    }
+
+    fn policy(&self) -> Option<Arc<dyn Admission>> {
+        self.inner
+            .admission
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    pub(crate) fn listener_opened(&self) {
+        if let Some(m) = &self.inner.metrics {
+            m.listener_open.set(1);
+        }
+    }
+
+    pub(crate) fn listener_closed(&self) {
+        if let Some(m) = &self.inner.metrics {
+            m.listener_open.set(0);
+            m.listener_closed.inc();
+        }
     }
 
     fn count_turned_away(&self, why: TurnAway) {
@@ -314,7 +372,10 @@ impl Connections {
     /// A new connection's info, not yet registered (the caller may still refuse it).
     pub(crate) fn prepare(&self, peer: SocketAddr) -> Arc<ConnInfo> {
         let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
-        Arc::new(ConnInfo::new(id, peer, self.inner.settings.stream_end))
+        Arc::new(
+            ConnInfo::new(id, peer, self.inner.settings.stream_end)
+                .with_returns(self.inner.returns.clone()),
+        )
     }
 
     /// Registers `info` and runs `conn` through its lifecycle on a tracked task.

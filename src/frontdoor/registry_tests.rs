@@ -217,3 +217,69 @@ async fn shutdown_brings_an_earlier_drains_hard_close_forward() {
     assert_eq!(c.shutdown(s(4.0), s(1.0)).await, 1);
     assert_eq!(Instant::now() - t0, s(5.0));
 }
+
+#[tokio::test(start_paused = true)]
+async fn an_agent_shed_that_comes_back_is_counted_and_not_shed_again() {
+    let c = Connections::default();
+    let (first, _) = fake(&c, true);
+    first.identify(b"svc/instance-a");
+    let (other, _) = fake(&c, true);
+    other.identify(b"svc/instance-b");
+    settle().await;
+    assert!(c.drain_one(first.id, DrainReason::Shed));
+    settle().await;
+
+    // The same agent on a new connection: it came back. Another agent did not.
+    let (again, _) = fake(&c, true);
+    again.identify(b"svc/instance-a");
+    let (newcomer, _) = fake(&c, true);
+    newcomer.identify(b"svc/instance-c");
+    assert!(again.returned());
+    assert!(!newcomer.returned() && !other.returned());
+    assert_eq!(c.returned(), 1);
+
+    // The shedder passes over it, whatever its age or idleness.
+    let picked = crate::shed::pick(c.snapshot(), 10);
+    let ids: Vec<ConnId> = picked.iter().map(|s| s.id).collect();
+    assert_eq!(ids, [other.id, newcomer.id], "oldest first, the returned one skipped");
+
+    // A connection identifies once: a later key does not change who it is.
+    again.identify(b"svc/instance-z");
+    assert!(again.returned());
+}
+
+#[tokio::test(start_paused = true)]
+async fn only_a_shed_is_remembered() {
+    let c = Connections::default();
+    let (aged, _) = fake(&c, true);
+    aged.identify(b"svc/instance-a");
+    settle().await;
+    assert!(c.drain_one(aged.id, DrainReason::Age));
+    settle().await;
+    let (again, _) = fake(&c, true);
+    again.identify(b"svc/instance-a");
+    assert!(!again.returned(), "an age drain is not a shed");
+    assert_eq!(c.returned(), 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn without_turn_away_a_returned_agent_may_be_shed_again() {
+    let c = Connections::new(
+        LifecycleSettings {
+            hold_returned: false,
+            ..LifecycleSettings::default()
+        },
+        None,
+    );
+    let (first, _) = fake(&c, true);
+    first.identify(b"svc/instance-a");
+    settle().await;
+    assert!(c.drain_one(first.id, DrainReason::Shed));
+    settle().await;
+    let (again, _) = fake(&c, true);
+    again.identify(b"svc/instance-a");
+    assert!(again.returned(), "still counted");
+    assert_eq!(c.returned(), 1);
+    let picked = crate::shed::pick(c.snapshot(), 10);
+    assert_eq!(picked.len(), 1, "back by chance (virtual IP): it may move next time");
+}

@@ -9,7 +9,7 @@ use hyper::header::{ACCEPT, HOST};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
-use super::doc::StatusDoc;
+use super::doc::{ShedStatus, StatusDoc};
 
 /// How long `satmesh status` waits for a peer, connection included.
 pub const FETCH_TIMEOUT: Duration = Duration::from_secs(5);
@@ -149,6 +149,9 @@ pub fn render_table(doc: &StatusDoc) -> String {
                 format!("{:.1}", p.events_per_sec),
                 p.ring_digest.clone(),
                 agree.to_owned(),
+                p.connections_shed.to_string(),
+                p.connections_turned_away.to_string(),
+                action(&p.balance_action, p.fair_share),
             ]
         })
         .collect();
@@ -161,8 +164,13 @@ pub fn render_table(doc: &StatusDoc) -> String {
             "EVENTS/S",
             "RING DIGEST",
             "AGREE",
+            "SHED",
+            "TURNED AWAY",
+            "ACTION",
         ],
-        &[false, false, false, true, true, false, false],
+        &[
+            false, false, false, true, true, false, false, true, true, false,
+        ],
         &peers,
     );
 
@@ -192,6 +200,7 @@ pub fn render_table(doc: &StatusDoc) -> String {
         r.digest,
         r.members.len()
     ));
+    out.push_str(&shedding_line(&doc.shedding));
 
     if !doc.oap.is_empty() {
         let oap: Vec<Vec<String>> = doc
@@ -215,6 +224,45 @@ pub fn render_table(doc: &StatusDoc) -> String {
         ));
     }
     out.trim_end().to_owned()
+}
+
+/// A peer's balance action with the fair share it acted on: `shedding (mean 33.3)`.
+fn action(action: &str, mean: Option<f64>) -> String {
+    match (action, mean) {
+        ("", _) => "-".to_owned(),
+        (action, Some(mean)) => format!("{action} (mean {mean:.1})"),
+        (action, None) => action.to_owned(),
+    }
+}
+
+/// How many recent shed rounds `satmesh status` lists.
+const ROUNDS_SHOWN: usize = 5;
+
+/// This peer's shedder: its latest action and its last few shed rounds, newest first.
+fn shedding_line(s: &ShedStatus) -> String {
+    let mut line = format!("shedding here: {}", action(&s.action, s.mean));
+    if s.recent.is_empty() {
+        line.push_str("; no recent sheds");
+    } else {
+        let rounds: Vec<String> = s
+            .recent
+            .iter()
+            .take(ROUNDS_SHOWN)
+            .map(|r| format!("-{} ({} left)", r.drained, r.serving))
+            .collect();
+        let more = s.recent.len().saturating_sub(ROUNDS_SHOWN);
+        let more = if more > 0 {
+            format!(" and {more} more")
+        } else {
+            String::new()
+        };
+        line.push_str(&format!(
+            "; recent sheds, newest first: {}{more}",
+            rounds.join(", ")
+        ));
+    }
+    line.push('\n');
+    line
 }
 
 /// Columns padded to their widest cell, two spaces apart; `right[i]` right-aligns column i.
@@ -278,6 +326,10 @@ mod tests {
             same_ring_as_self: same,
             heartbeat: 9,
             last_seen_ms_ago: 100,
+            connections_shed: connections / 10,
+            connections_turned_away: connections / 100,
+            balance_action: if live { "balanced" } else { "" }.into(),
+            fair_share: live.then_some(409.5),
         }
     }
 
@@ -323,6 +375,7 @@ mod tests {
                 voters: 1,
                 messages_sent_by_this_peer: 123456,
             }],
+            shedding: ShedStatus::default(),
         }
     }
 
@@ -330,12 +383,13 @@ mod tests {
     fn table_has_one_aligned_row_per_peer_then_totals_ring_and_oap() {
         let text = render_table(&doc(true));
         let expected = "\
-PEER      STATE     LIVE  CONNECTIONS  EVENTS/S  RING DIGEST       AGREE
-a (self)  ready     yes      812/4000    1520.2  00000000000000aa  yes
-bb        draining  yes        7/4000    1520.2  00000000000000aa  yes
-c         dead      no         0/4000    1520.2  00000000000000bb  -
+PEER      STATE     LIVE  CONNECTIONS  EVENTS/S  RING DIGEST       AGREE  SHED  TURNED AWAY  ACTION
+a (self)  ready     yes      812/4000    1520.2  00000000000000aa  yes      81            8  balanced (mean 409.5)
+bb        draining  yes        7/4000    1520.2  00000000000000aa  yes       0            0  balanced (mean 409.5)
+c         dead      no         0/4000    1520.2  00000000000000bb  -         0            0  -
 totals: 3 peers, 2 live, 1 ready; 819/4000 connections; 3040.5 events/s
 ring: digest 00000000000000aa, 1 OAP nodes (10.2.0.1:11800); all live peers agree
+shedding here: -; no recent sheds
 
 OAP NODE        ON RING  HEALTHY HERE  VOTES  SENT HERE
 10.2.0.1:11800  yes      yes             1/1     123456";
@@ -350,7 +404,37 @@ OAP NODE        ON RING  HEALTHY HERE  VOTES  SENT HERE
             "{text}"
         );
         let bb = text.lines().find(|l| l.starts_with("bb ")).unwrap();
-        assert!(bb.ends_with("  no"), "{bb}");
+        assert!(bb.contains("  no  "), "{bb}");
+    }
+
+    #[test]
+    fn this_peers_recent_sheds_are_listed_newest_first() {
+        let mut d = doc(true);
+        d.shedding = ShedStatus {
+            enabled: true,
+            action: "shedding".into(),
+            shed: 9,
+            turn_away: true,
+            mean: Some(100.0),
+            hold: None,
+            recent: (0..7)
+                .map(|i| crate::shed::ShedRound {
+                    at_ms: 1000 - i,
+                    drained: 9 - i as usize,
+                    serving: 150 - i as usize,
+                    mean: 100.0,
+                })
+                .collect(),
+        };
+        let text = render_table(&d);
+        assert!(
+            text.contains(
+                "shedding here: shedding (mean 100.0); recent sheds, newest first: \
+                 -9 (150 left), -8 (149 left), -7 (148 left), -6 (147 left), -5 (146 left) \
+                 and 2 more"
+            ),
+            "{text}"
+        );
     }
 
     #[test]

@@ -1,10 +1,14 @@
 //! The status document: the tier as this peer sees it, built purely from a cluster view,
-//! the ring this peer routes with and its per-OAP traffic counters.
+//! the ring this peer routes with, its per-OAP traffic counters and its own shedding.
 
 use std::collections::BTreeMap;
 
+use satmesh_cluster::balance::Balance;
+use satmesh_cluster::facts::balance_action;
 use satmesh_cluster::{ClusterView, Peer, PeerId, PeerState, Ring};
 use serde::{Deserialize, Serialize};
+
+use crate::shed::ShedRound;
 
 /// What `GET /status` returns and what `satmesh status` parses.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -19,6 +23,10 @@ pub struct StatusDoc {
     pub ring: RingStatus,
     /// Every OAP node known here (on the ring, in any peer's health view, or sent to).
     pub oap: Vec<OapStatus>,
+    /// This peer's own shedding: its latest decision and recent shed rounds. (Default
+    /// when parsing a document from a peer that predates it.)
+    #[serde(default)]
+    pub shedding: ShedStatus,
 }
 
 /// One peer's gossiped facts and liveness.
@@ -48,6 +56,19 @@ pub struct PeerStatus {
     pub heartbeat: u64,
     /// Milliseconds since its heartbeat last advanced, as of the last gossip round.
     pub last_seen_ms_ago: u64,
+    /// Connections the peer drained by shedding since it started.
+    #[serde(default)]
+    pub connections_shed: u64,
+    /// Connections the peer turned away since it started (any reason).
+    #[serde(default)]
+    pub connections_turned_away: u64,
+    /// The peer's shedder's latest action: `shedding`, `turning_away`, `balanced`, `off`,
+    /// a hold reason (`stale gossip`, ...), or empty when not known yet.
+    #[serde(default)]
+    pub balance_action: String,
+    /// The tier's mean connections (fair share) that action was decided on.
+    #[serde(default)]
+    pub fair_share: Option<f64>,
 }
 
 impl PeerStatus {
@@ -106,6 +127,41 @@ pub struct OapStatus {
     pub messages_sent_by_this_peer: u64,
 }
 
+/// This peer's shedder: what it decided last and what it shed lately.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct ShedStatus {
+    /// Whether shedding is enabled (`balance.enabled`).
+    pub enabled: bool,
+    /// The latest decision, as gossiped in `balance_action` (see [`PeerStatus`]).
+    pub action: String,
+    /// Connections the latest decision drained.
+    pub shed: usize,
+    /// Whether new connections are being turned away (over share).
+    pub turn_away: bool,
+    /// The tier's mean connections (fair share) the decision was made on.
+    pub mean: Option<f64>,
+    /// Why the latest decision did nothing, when it did nothing.
+    pub hold: Option<String>,
+    /// The last rounds that shed, newest first (a bounded history).
+    pub recent: Vec<ShedRound>,
+}
+
+impl ShedStatus {
+    /// From the shedder's latest decision (None: shedding is disabled) and its history.
+    pub fn new(latest: Option<&Balance>, recent: Vec<ShedRound>) -> ShedStatus {
+        let b = latest.cloned().unwrap_or_default();
+        ShedStatus {
+            enabled: latest.is_some(),
+            action: balance_action(latest).to_owned(),
+            shed: b.shed,
+            turn_away: b.turn_away,
+            mean: b.mean,
+            hold: b.hold.map(str::to_owned),
+            recent,
+        }
+    }
+}
+
 /// The 16-hex-digit form of a ring digest, as gossip carries it.
 pub fn digest_hex(digest: u64) -> String {
     format!("{digest:016x}")
@@ -161,7 +217,13 @@ impl StatusDoc {
             totals,
             ring: ring_status,
             oap: oap_status(view, ring, oap_traffic),
+            shedding: ShedStatus::default(),
         }
+    }
+
+    /// The document with this peer's own shedding.
+    pub fn with_shedding(self, shedding: ShedStatus) -> StatusDoc {
+        StatusDoc { shedding, ..self }
     }
 }
 
@@ -183,6 +245,10 @@ fn peer_status(p: &Peer, own_digest: u64) -> PeerStatus {
         same_ring_as_self: p.facts.ring_digest == own_digest,
         heartbeat: p.heartbeat,
         last_seen_ms_ago: p.last_seen_ms_ago,
+        connections_shed: p.facts.connections_shed,
+        connections_turned_away: p.facts.connections_turned_away,
+        balance_action: p.facts.balance_action.clone(),
+        fair_share: p.facts.fair_share,
     }
 }
 
@@ -237,6 +303,10 @@ mod tests {
                 events_per_sec: 10.0,
                 oap_health: [(A.into(), true), (B.into(), false)].into(),
                 ring_digest: digest,
+                connections_shed: connections / 2,
+                connections_turned_away: 3,
+                balance_action: "balanced".into(),
+                fair_share: Some(12.5),
             },
             live,
             heartbeat: 3,
@@ -351,5 +421,70 @@ mod tests {
         assert!(json.contains(r#""state":"ready""#), "{json}");
         let back: StatusDoc = serde_json::from_str(&json).unwrap();
         assert_eq!(back, doc);
+    }
+
+    #[test]
+    fn each_peer_shows_its_gossiped_shedding_and_this_peer_its_rounds() {
+        let ring = Ring::new(&[A]);
+        let d = ring.digest();
+        let mut v = view(vec![
+            peer("p1", true, PeerState::Ready, 10, d),
+            peer("p2", true, PeerState::Ready, 40, d),
+        ]);
+        v.peers[1].facts.balance_action = "shedding".into();
+        let round = ShedRound {
+            at_ms: 900,
+            drained: 7,
+            serving: 33,
+            mean: 25.0,
+        };
+        let latest = Balance {
+            hold: Some("within tolerance"),
+            mean: Some(25.0),
+            ..Balance::default()
+        };
+        let doc = StatusDoc::build(&v, &ring, &BTreeMap::new(), 1000)
+            .with_shedding(ShedStatus::new(Some(&latest), vec![round.clone()]));
+        let p2 = &doc.peers[1];
+        assert_eq!((p2.connections_shed, p2.connections_turned_away), (20, 3));
+        assert_eq!(
+            (p2.balance_action.as_str(), p2.fair_share),
+            ("shedding", Some(12.5))
+        );
+        let s = &doc.shedding;
+        assert!(s.enabled && !s.turn_away);
+        assert_eq!(
+            (s.action.as_str(), s.shed, s.mean),
+            ("balanced", 0, Some(25.0))
+        );
+        assert_eq!(s.hold.as_deref(), Some("within tolerance"));
+        assert_eq!(s.recent, [round]);
+        let back: StatusDoc = serde_json::from_str(&serde_json::to_string(&doc).unwrap()).unwrap();
+        assert_eq!(back, doc);
+
+        let off = ShedStatus::new(None, Vec::new());
+        assert!(!off.enabled);
+        assert_eq!(off.action, "off");
+    }
+
+    #[test]
+    fn a_document_from_an_older_peer_still_parses() {
+        let ring = Ring::new(&[A]);
+        let v = view(vec![peer("p1", true, PeerState::Ready, 4, ring.digest())]);
+        let mut json =
+            serde_json::to_value(StatusDoc::build(&v, &ring, &BTreeMap::new(), 1)).unwrap();
+        json.as_object_mut().unwrap().remove("shedding");
+        for key in [
+            "connections_shed",
+            "connections_turned_away",
+            "balance_action",
+            "fair_share",
+        ] {
+            json["peers"][0].as_object_mut().unwrap().remove(key);
+        }
+        let doc: StatusDoc = serde_json::from_value(json).unwrap();
+        assert_eq!(doc.shedding, ShedStatus::default());
+        assert_eq!(doc.peers[0].connections_shed, 0);
+        assert_eq!(doc.peers[0].fair_share, None);
     }
 }

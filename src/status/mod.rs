@@ -1,6 +1,7 @@
 //! `GET /status` on the admin port: the tier as this peer sees it.
 //!
-//! - [`doc`]: [`StatusDoc`], built purely from a cluster view, the ring and traffic counters.
+//! - [`doc`]: [`StatusDoc`], built purely from a cluster view, the ring, traffic counters
+//!   and this peer's shedding.
 //! - [`page`]: the self-refreshing HTML page served to browsers on the same URL.
 //! - [`cli`]: `satmesh status`: fetches the document and prints it as a table.
 //!
@@ -20,7 +21,7 @@ use axum::http::{HeaderMap, HeaderValue, header};
 use axum::response::{Html, IntoResponse, Json, Response};
 use axum::routing::get;
 
-pub use doc::{OapStatus, PeerStatus, RingStatus, StatusDoc, Totals, digest_hex};
+pub use doc::{OapStatus, PeerStatus, RingStatus, ShedStatus, StatusDoc, Totals, digest_hex};
 
 /// Where the status document comes from: the peer, or fixed data in tests.
 pub trait StatusSource: Send + Sync {

@@ -3,7 +3,8 @@
 #![allow(dead_code)]
 
 use std::net::SocketAddr;
-use std::process::Stdio;
+use std::path::{Path, PathBuf};
+use std::process::{Output, Stdio};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -11,7 +12,7 @@ use http::uri::PathAndQuery;
 use prost::Message;
 use satmesh::codec::PassThrough;
 use serde_json::Value;
-use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
 use tokio::process::{Child, Command};
 use tonic::metadata::MetadataMap;
 use tonic::transport::Channel;
@@ -404,40 +405,45 @@ impl Proc {
     }
 }
 
-static PYTHON_VENV: tokio::sync::OnceCell<std::path::PathBuf> = tokio::sync::OnceCell::const_new();
-static RUST_AGENT: tokio::sync::OnceCell<std::path::PathBuf> = tokio::sync::OnceCell::const_new();
+static PYTHON_VENV: tokio::sync::OnceCell<PathBuf> = tokio::sync::OnceCell::const_new();
+static RUST_AGENT: tokio::sync::OnceCell<PathBuf> = tokio::sync::OnceCell::const_new();
+
+/// The Python agent's script (PyPI `apache-skywalking`), run by [`python_bin`].
+pub const PYTHON_AGENT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/agents/python_agent.py");
 
 /// The Python interpreter of `target/agents-venv` (apache-skywalking 1.2.0), made by
 /// tests/agents/setup.sh on first use.
-pub async fn python_bin() -> std::path::PathBuf {
+pub async fn python_bin() -> &'static Path {
     PYTHON_VENV
         .get_or_init(|| async {
             let repo = env!("CARGO_MANIFEST_DIR");
-            let out = Command::new("bash")
-                .arg(format!("{repo}/tests/agents/setup.sh"))
-                .output()
-                .await
-                .expect("run tests/agents/setup.sh");
+            let mut setup = Command::new("bash");
+            setup.arg(format!("{repo}/tests/agents/setup.sh"));
+            let what = "tests/agents/setup.sh";
+            let out = run_to_end(what, &mut setup, Duration::from_secs(600)).await;
             assert!(
                 out.status.success(),
-                "tests/agents/setup.sh failed:\n{}",
-                String::from_utf8_lossy(&out.stderr)
+                "{what} failed (it installs apache-skywalking==1.2.0 from PyPI into \
+                 target/agents-venv)\n{}",
+                printed(what, &out.stdout, &out.stderr)
             );
-            std::path::Path::new(repo).join("target/agents-venv/bin/python")
+            Path::new(repo).join("target/agents-venv/bin/python")
         })
         .await
-        .clone()
 }
 
-/// `sw-rust-agent` (tests/rust-agent), built next to the satmesh binary under test.
-pub async fn rust_agent_bin() -> std::path::PathBuf {
+/// `sw-rust-agent` (tests/rust-agent), built on first use next to the satmesh binary
+/// under test, with the same profile.
+pub async fn rust_agent_bin() -> &'static Path {
     RUST_AGENT
         .get_or_init(|| async {
-            let profile_dir = std::path::Path::new(BIN).parent().expect("binary dir");
+            let profile_dir = Path::new(BIN).parent().expect("binary dir");
             let target_dir = profile_dir.parent().expect("target dir");
+            let bin = profile_dir.join("sw-rust-agent");
             let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
-            let mut cmd = Command::new(cargo);
-            cmd.current_dir(env!("CARGO_MANIFEST_DIR"))
+            let mut build = Command::new(cargo);
+            build
+                .current_dir(env!("CARGO_MANIFEST_DIR"))
                 .args([
                     "build",
                     "-p",
@@ -447,30 +453,131 @@ pub async fn rust_agent_bin() -> std::path::PathBuf {
                 ])
                 .arg("--target-dir")
                 .arg(target_dir);
-            if profile_dir.file_name().is_some_and(|n| n == "release") {
-                cmd.arg("--release");
+            match profile_dir.file_name().and_then(|n| n.to_str()) {
+                Some("debug") | None => {}
+                Some("release") => {
+                    build.arg("--release");
+                }
+                Some(other) => {
+                    build.args(["--profile", other]);
+                }
             }
-            let out = cmd
-                .output()
-                .await
-                .expect("cargo build -p satmesh-rust-agent");
+            let what = "cargo build -p satmesh-rust-agent";
+            let out = run_to_end(what, &mut build, Duration::from_secs(900)).await;
             assert!(
-                out.status.success(),
-                "cannot build sw-rust-agent (needs protoc):\n{}",
-                String::from_utf8_lossy(&out.stderr)
+                out.status.success() && bin.exists(),
+                "could not build {} (its build needs `protoc`: apt-get install \
+                 protobuf-compiler)\n{}",
+                bin.display(),
+                printed(what, &out.stdout, &out.stderr)
             );
-            profile_dir.join("sw-rust-agent")
+            bin
         })
         .await
-        .clone()
 }
 
-/// The JSON summary line an agent printed last on stdout.
+/// `sw-rust-agent` reporting to `collector`; add its flags (`--service`, `--segments`, ...).
+pub async fn rust_agent(collector: impl std::fmt::Display) -> Command {
+    let mut cmd = Command::new(rust_agent_bin().await);
+    cmd.env("SW_AGENT_COLLECTOR_BACKEND_SERVICES", collector.to_string());
+    cmd
+}
+
+/// The Python agent reporting to `collector`, `SW_AGENT_AUTHENTICATION` cleared (a token
+/// comes only by `--token`); add its flags (`--service`, `--segments`, ...).
+pub async fn python_agent(collector: impl std::fmt::Display) -> Command {
+    let mut cmd = Command::new(python_bin().await);
+    cmd.arg(PYTHON_AGENT)
+        .env("SW_AGENT_COLLECTOR_BACKEND_SERVICES", collector.to_string())
+        .env_remove("SW_AGENT_AUTHENTICATION");
+    cmd
+}
+
+/// What an agent said when it ended.
+pub struct AgentRun {
+    /// The JSON summary line it printed last on stdout.
+    pub summary: Value,
+    /// The tails of its stdout and stderr, for failure messages.
+    pub output: String,
+}
+
+/// Runs an agent to its end (killed, and failing, after `within`): it must exit 0 and
+/// print its JSON summary.
+pub async fn run_agent(what: &str, cmd: &mut Command, within: Duration) -> AgentRun {
+    let out = run_to_end(what, cmd, within).await;
+    let output = printed(what, &out.stdout, &out.stderr);
+    assert!(
+        out.status.success(),
+        "{what} exited with {}\n{output}",
+        out.status
+    );
+    AgentRun {
+        summary: agent_summary(&out.stdout),
+        output,
+    }
+}
+
+/// Runs `cmd` to its end with stdout and stderr captured; kills it and fails with what it
+/// printed so far after `within`.
+pub async fn run_to_end(what: &str, cmd: &mut Command, within: Duration) -> Output {
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    let mut child = cmd
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start {what} ({cmd:?}): {e}"));
+    let mut out = child.stdout.take().expect("piped stdout");
+    let mut err = child.stderr.take().expect("piped stderr");
+    let (mut stdout, mut stderr) = (Vec::new(), Vec::new());
+    let ended = tokio::time::timeout(within, async {
+        tokio::try_join!(
+            child.wait(),
+            out.read_to_end(&mut stdout),
+            err.read_to_end(&mut stderr)
+        )
+    })
+    .await;
+    // What was read before a timeout stays in the buffers, for the message.
+    let status = match ended {
+        Ok(Ok((status, _, _))) => status,
+        Ok(Err(e)) => panic!("waiting on {what}: {e}"),
+        Err(_) => {
+            let _ = child.kill().await;
+            panic!(
+                "{what} did not exit within {within:?}\n{}",
+                printed(what, &stdout, &stderr)
+            );
+        }
+    };
+    Output {
+        status,
+        stdout,
+        stderr,
+    }
+}
+
+/// The last lines a process printed on stdout and on stderr, for failure messages.
+pub fn printed(what: &str, stdout: &[u8], stderr: &[u8]) -> String {
+    let tail = |bytes: &[u8]| {
+        let text = String::from_utf8_lossy(bytes);
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(80)..].join("\n")
+    };
+    format!(
+        "--- {what} stdout (tail) ---\n{}\n--- {what} stderr (tail) ---\n{}\n---",
+        tail(stdout),
+        tail(stderr)
+    )
+}
+
+/// The JSON summary an agent printed last on stdout: its last line that is a JSON object.
 pub fn agent_summary(stdout: &[u8]) -> Value {
     let text = String::from_utf8_lossy(stdout);
     text.lines()
         .rev()
-        .find_map(|l| serde_json::from_str(l.trim()).ok())
+        .filter_map(|l| serde_json::from_str(l.trim()).ok())
+        .find(Value::is_object)
         .unwrap_or_else(|| panic!("the agent printed no JSON summary:\n{text}"))
 }
 
@@ -508,4 +615,58 @@ pub fn free_udp_port() -> u16 {
         .local_addr()
         .unwrap()
         .port()
+}
+
+// ---------------------------------------------------------------------------------------
+// A tier on loopback: peers that seed each other, and an L4 virtual IP in front of them.
+
+/// Starts peer `i` of a tier: node id `peer-{i}`, agents on `127.0.0.1:{grpc}`, gossip on
+/// `127.0.0.1:{gossip[i]}`, every gossip port as a seed, plus `envs` overrides.
+pub async fn tier_peer(
+    i: usize,
+    grpc: u16,
+    gossip: &[u16],
+    oaps: &[SocketAddr],
+    envs: &[(&str, &str)],
+) -> Proc {
+    let seeds: Vec<String> = gossip.iter().map(|p| format!("127.0.0.1:{p}")).collect();
+    let seeds = seeds.join(",");
+    let (id, listen, glisten) = (
+        format!("peer-{i}"),
+        format!("127.0.0.1:{grpc}"),
+        format!("127.0.0.1:{}", gossip[i]),
+    );
+    let mut all = vec![
+        ("SATMESH__CLUSTER__NODE_ID", id.as_str()),
+        ("SATMESH__CLUSTER__GOSSIP_LISTEN", glisten.as_str()),
+        ("SATMESH__CLUSTER__SEEDS", seeds.as_str()),
+        ("SATMESH__SERVER__LISTEN", listen.as_str()),
+    ];
+    all.extend_from_slice(envs);
+    satmesh_env(oaps, "", &all).await
+}
+
+/// An L4 virtual IP, as a Kubernetes ClusterIP: each connection goes to a random backend
+/// that accepts (another one when the pick refuses), bytes copied both ways.
+pub async fn vip(backends: Vec<SocketAddr>) -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut client, _)) = listener.accept().await else {
+                return;
+            };
+            let backends = backends.clone();
+            tokio::spawn(async move {
+                for _ in 0..20 {
+                    let pick = backends[rand::random_range(0..backends.len())];
+                    if let Ok(mut server) = tokio::net::TcpStream::connect(pick).await {
+                        let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    addr
 }
