@@ -38,6 +38,7 @@ pub struct Config {
     pub log: Log,
     pub cluster: Cluster,
     pub balance: Balance,
+    pub self_report: SelfReport,
 }
 
 /// Cluster-aware shedding: a ready peer above the tier's mean by more than `tolerance`,
@@ -442,8 +443,9 @@ pub struct Shutdown {
     /// Time agents' open streams get to finish after their connection's GOAWAY.
     #[serde(with = "humantime_serde")]
     pub connection_grace: Duration,
-    /// The GOAWAYs go out evenly spread over this window (no reconnect herd). Cut to
-    /// `deadline - connection_grace` when longer.
+    /// The GOAWAYs go out evenly spread over this window (no reconnect herd), once the
+    /// tier has heard `draining` (two gossip rounds). Cut to `deadline - connection_grace`
+    /// (less the time already spent) when longer.
     #[serde(with = "humantime_serde")]
     pub drain_window: Duration,
     /// Total time from the signal to exit; what is still queued then is counted as dropped.
@@ -483,6 +485,35 @@ impl Default for Log {
         Log {
             format: LogFormat::Text,
             filter: "info,h2=warn,hyper=warn,tower=warn".into(),
+        }
+    }
+}
+
+/// Self-report to the OAP through the meter protocol, under Apache SkyWalking
+/// Satellite's telemetry names, so the OAP's `satellite` rules and the SWCK metrics
+/// adapter keep working (see `src/selfreport.rs` for what is sent and what is not).
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SelfReport {
+    /// Send at all.
+    pub enabled: bool,
+    /// Time between two reports (Satellite's `telemetry.metrics_service.interval`).
+    #[serde(with = "humantime_serde")]
+    pub interval: Duration,
+    /// The service the reports are filed under (Satellite's `telemetry.service`); the
+    /// OAP's rules show it as `satellite::<service>`.
+    pub service: String,
+    /// The service instance. Default: this peer's node id (`cluster.node_id`).
+    pub instance: Option<String>,
+}
+
+impl Default for SelfReport {
+    fn default() -> Self {
+        SelfReport {
+            enabled: false,
+            interval: Duration::from_secs(10),
+            service: "satellite-service".into(),
+            instance: None,
         }
     }
 }
@@ -646,6 +677,16 @@ impl Config {
         }
         if self.upstream.eject_after == 0 {
             return Err(invalid("upstream.eject_after", "must be at least 1"));
+        }
+        let r = &self.self_report;
+        if r.interval.is_zero() {
+            return Err(invalid("self_report.interval", "must be more than 0"));
+        }
+        if r.service.trim().is_empty() {
+            return Err(invalid("self_report.service", "must not be empty"));
+        }
+        if r.instance.as_ref().is_some_and(|i| i.trim().is_empty()) {
+            return Err(invalid("self_report.instance", "must not be empty"));
         }
         if self.shutdown.deadline < self.shutdown.connection_grace {
             return Err(invalid(

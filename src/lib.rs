@@ -19,6 +19,7 @@
 //! - [`demo`]: `satmesh demo`, a sink, a peer and a fleet in one process.
 //! - [`status`]: `GET /status` (JSON and a self-refreshing page) and `satmesh status`.
 //! - [`shed`]: cluster-aware shedding: drains connections above the tier's share.
+//! - [`selfreport`]: sends the peer's own numbers to the OAP under Satellite's meter names.
 //! - [`tier`]: the peer's side of the cluster: published facts, the shared ring.
 //! - [`config`]: the configuration reference.
 
@@ -32,6 +33,7 @@ pub mod metrics;
 pub mod peer;
 pub mod pipeline;
 pub mod protocol;
+pub mod selfreport;
 pub mod shed;
 pub mod sink;
 pub mod status;

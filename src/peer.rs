@@ -180,6 +180,17 @@ pub async fn run(
         });
         senders.spawn(batcher.run());
     }
+    // Reports under Satellite's meter names, queued like an agent's meter data.
+    let stop_self_report = CancellationToken::new();
+    if config.self_report.enabled {
+        let reporter = crate::selfreport::Reporter::new(
+            &config,
+            metrics.clone(),
+            queue.clone(),
+            connections.clone(),
+        );
+        tokio::spawn(reporter.run(stop_self_report.clone()));
+    }
 
     let state = Arc::new(State {
         queue: queue.clone(),
@@ -248,6 +259,7 @@ pub async fn run(
     admin_state.set_draining();
     tier.set_draining();
     stop_shedding.cancel();
+    stop_self_report.cancel();
     stop_accepting.cancel();
     let _ = accept_task.await;
 
@@ -276,7 +288,7 @@ pub async fn run(
     let hard_before = closed_hard(&connections);
     report.connections_closed_hard =
         match tokio::time::timeout(budget.left(), connections.shutdown(spread, grace)).await {
-            Ok(closed_hard) => closed_hard,
+            Ok(n) => n,
             Err(_) => {
                 warn!(
                     connections = connections.len(),

@@ -3,8 +3,8 @@
 //! It accepts every path, reads every message, and answers an empty message (or echoes
 //! the request with `echo`). It counts only what it acknowledged with OK: calls, messages
 //! and bytes per method, messages per (service, instance) for segments, logs and meters,
-//! messages per `authentication` value, and an order-free digest of the payloads so tests
-//! can check bytes arrived unchanged. Faults (slow, failing, refusing) can be set at start
+//! meter elements per meter name, messages per `authentication` value, and an order-free
+//! digest of the payloads so tests can check bytes arrived unchanged. Faults (slow, failing, refusing) can be set at start
 //! and changed at run time through `POST /faults`.
 
 use std::collections::{BTreeMap, HashMap};
@@ -84,6 +84,7 @@ struct Counts {
     segments: HashMap<(String, String), u64>,
     logs: HashMap<(String, String), u64>,
     meters: HashMap<(String, String), u64>,
+    meter_names: BTreeMap<String, u64>,
     authentication: BTreeMap<String, u64>,
     malformed: u64,
 }
@@ -95,6 +96,8 @@ pub struct CountsView {
     pub segments: Vec<InstanceCount>,
     pub logs: Vec<InstanceCount>,
     pub meters: Vec<InstanceCount>,
+    /// MeterData elements per meter name (single value or histogram).
+    pub meter_names: BTreeMap<String, u64>,
     pub authentication: BTreeMap<String, u64>,
     pub malformed: u64,
 }
@@ -148,6 +151,7 @@ impl Sink {
             segments: instance_list(&c.segments),
             logs: instance_list(&c.logs),
             meters: instance_list(&c.meters),
+            meter_names: c.meter_names.clone(),
             authentication: c.authentication.clone(),
             malformed: c.malformed,
         }
@@ -177,7 +181,30 @@ impl Sink {
         *c.authentication.entry(auth.to_owned()).or_default() += messages.len() as u64;
         for m in messages {
             count_instances(&mut c, payload, m);
+            count_meter_names(&mut c.meter_names, payload, m);
         }
+    }
+}
+
+/// The name of one `MeterData`: field 1 (`name`) of its `singleValue` (1) or `histogram` (2).
+fn meter_name(data: &[u8]) -> Option<&str> {
+    use satmesh_proto::repeated;
+    let value = repeated(data, 1).chain(repeated(data, 2)).next()?.ok()?;
+    std::str::from_utf8(repeated(value, 1).next()?.ok()?).ok()
+}
+
+fn count_meter_names(names: &mut BTreeMap<String, u64>, payload: Payload, msg: &[u8]) {
+    let mut bump = |data: &[u8]| {
+        if let Some(name) = meter_name(data) {
+            *names.entry(name.to_owned()).or_default() += 1;
+        }
+    };
+    match payload {
+        Payload::Meter => bump(msg),
+        Payload::MeterCollection => satmesh_proto::repeated(msg, satmesh_proto::COLLECTION_ITEMS)
+            .flatten()
+            .for_each(bump),
+        _ => {}
     }
 }
 
@@ -395,12 +422,12 @@ mod tests {
         body: Vec<u8>,
     }
 
-    /// `MeterSingleValue`: name=1, value=2.
+    /// `MeterSingleValue`: name=1, labels=2, value=3.
     #[derive(Clone, PartialEq, Message)]
     struct MeterSingleValue {
         #[prost(string, tag = "1")]
         name: String,
-        #[prost(double, tag = "2")]
+        #[prost(double, tag = "3")]
         value: f64,
     }
 
@@ -540,6 +567,7 @@ mod tests {
             list(&c.meters),
             [("m", "i-1", 2), ("m", "i-2", 1), ("n", "i-1", 1)]
         );
+        assert_eq!(c.meter_names, BTreeMap::from([("cpu".to_owned(), 4)]));
         assert!(c.segments.is_empty() && c.logs.is_empty());
         assert_eq!(c.malformed, 0);
     }

@@ -37,16 +37,17 @@ async fn sigterm_tells_the_tier_first_then_moves_every_agent_without_loss() {
     let oaps: Vec<SocketAddr> = sinks.iter().map(|s| s.grpc).collect();
     let grpc: Vec<u16> = (0..3).map(|_| free_port()).collect();
     let gossip: Vec<u16> = (0..3).map(|_| free_udp_port()).collect();
-    let envs = [("SATMESH__SHUTDOWN__DRAIN_WINDOW", window.as_str())];
+    // Behind a virtual IP a peer does not turn connections away (see `balance.turn_away`).
+    let envs = [
+        ("SATMESH__SHUTDOWN__DRAIN_WINDOW", window.as_str()),
+        ("SATMESH__BALANCE__TURN_AWAY", "false"),
+    ];
     let mut peers = Vec::new();
     for (i, port) in grpc.iter().enumerate() {
         peers.push(tier_peer(i, *port, &gossip, &oaps, &envs).await);
     }
-    let backends = grpc
-        .iter()
-        .map(|p| SocketAddr::from(([127, 0, 0, 1], *p)))
-        .collect();
-    let target = vip(backends).await;
+    let vip = Vip::start(&peers.iter().collect::<Vec<_>>()).await;
+    let target = vip.addr;
     for p in &peers {
         ready(p).await;
     }

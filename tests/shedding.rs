@@ -13,78 +13,49 @@ use common::*;
 use satmesh::load::{self, LoadSpec, Progress};
 use tokio_util::sync::CancellationToken;
 
-async fn start_peer(i: usize, grpc: u16, gossip: &[u16], oaps: &[SocketAddr]) -> Proc {
-    let seeds: Vec<String> = gossip.iter().map(|p| format!("127.0.0.1:{p}")).collect();
-    let seeds = seeds.join(",");
-    let (id, listen, glisten) = (
-        format!("peer-{i}"),
-        format!("127.0.0.1:{grpc}"),
-        format!("127.0.0.1:{}", gossip[i]),
-    );
-    let envs = [
-        ("SATMESH__CLUSTER__NODE_ID", id.as_str()),
-        ("SATMESH__CLUSTER__GOSSIP_LISTEN", glisten.as_str()),
-        ("SATMESH__CLUSTER__SEEDS", seeds.as_str()),
-        ("SATMESH__SERVER__LISTEN", listen.as_str()),
-    ];
-    satmesh_env(oaps, "", &envs).await
-}
-
-/// An L4 virtual IP, as a Kubernetes ClusterIP: each connection goes to a random
-/// backend that accepts, bytes copied both ways.
-async fn vip(backends: Vec<SocketAddr>) -> SocketAddr {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        loop {
-            let Ok((mut client, _)) = listener.accept().await else {
-                return;
-            };
-            let backends = backends.clone();
-            tokio::spawn(async move {
-                for _ in 0..20 {
-                    let pick = backends[rand::random_range(0..backends.len())];
-                    if let Ok(mut server) = tokio::net::TcpStream::connect(pick).await {
-                        let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
-                        return;
-                    }
-                }
-            });
-        }
-    });
-    addr
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn scale_out_rebalances_a_first_address_fleet_without_loss() {
-    scale_out(|peers| async move { peers }).await;
+    scale_out(Dial::FirstAddress).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn scale_out_rebalances_a_fleet_behind_a_virtual_ip_without_loss() {
-    scale_out(|peers| async move { vec![vip(peers).await] }).await;
+    scale_out(Dial::VirtualIp).await;
+}
+
+/// How the fleet reaches the tier.
+#[derive(Clone, Copy, PartialEq)]
+enum Dial {
+    /// Every peer's address, first one first (a DNS name with several records).
+    FirstAddress,
+    /// One address, a random ready peer per connection (a Kubernetes ClusterIP); the
+    /// peers do not turn connections away (`balance.turn_away: false`).
+    VirtualIp,
 }
 
 /// Every agent on one peer, then two more peers: the tier rebalances, settles, and loses
-/// nothing. `dial` turns the peers' addresses into what the fleet dials.
-async fn scale_out<F, Fut>(dial: F)
-where
-    F: FnOnce(Vec<SocketAddr>) -> Fut,
-    Fut: std::future::Future<Output = Vec<SocketAddr>>,
-{
+/// nothing.
+async fn scale_out(dial: Dial) {
     let sinks = [sink(&[]).await, sink(&[]).await];
     let oaps: Vec<SocketAddr> = sinks.iter().map(|s| s.grpc).collect();
     let grpc: Vec<u16> = (0..3).map(|_| free_port()).collect();
     let gossip: Vec<u16> = (0..3).map(|_| free_udp_port()).collect();
-    let addrs: Vec<SocketAddr> = grpc
-        .iter()
-        .map(|p| SocketAddr::from(([127, 0, 0, 1], *p)))
-        .collect();
-    let targets = dial(addrs).await;
+    let envs: &[(&str, &str)] = match dial {
+        Dial::FirstAddress => &[],
+        Dial::VirtualIp => &[("SATMESH__BALANCE__TURN_AWAY", "false")],
+    };
 
     // One peer first: every agent lands on it.
-    let mut peers = vec![start_peer(0, grpc[0], &gossip, &oaps).await];
+    let mut peers = vec![tier_peer(0, grpc[0], &gossip, &oaps, envs).await];
     ready(&peers[0]).await;
+    let vip = Vip::start(&[&peers[0]]).await;
+    let targets = match dial {
+        Dial::FirstAddress => grpc
+            .iter()
+            .map(|p| SocketAddr::from(([127, 0, 0, 1], *p)))
+            .collect(),
+        Dial::VirtualIp => vec![vip.addr],
+    };
     const AGENTS: u64 = 300;
     let progress = Arc::new(Progress::default());
     let stop = CancellationToken::new();
@@ -110,7 +81,9 @@ where
 
     // Scale out to three peers and time the rebalancing.
     for (i, port) in grpc.iter().enumerate().skip(1) {
-        peers.push(start_peer(i, *port, &gossip, &oaps).await);
+        let peer = tier_peer(i, *port, &gossip, &oaps, envs).await;
+        vip.add(&peer);
+        peers.push(peer);
     }
     let started = Instant::now();
     let mean = AGENTS as f64 / 3.0;

@@ -7,44 +7,50 @@
 //!   127.0.0.2-4 with one port; each agent runs in its own mount namespace whose
 //!   /etc/hosts gives `tier.satmesh.test` the three addresses (both agents resolve through
 //!   the hosts file: glibc for tonic, c-ares for grpcio), so nothing on the machine changes;
-//! - (a) an L4 virtual IP that picks a random peer per connection (a Kubernetes ClusterIP).
+//! - (a) an L4 virtual IP that picks a random ready peer per connection (a Kubernetes
+//!   ClusterIP); the peers run with `balance.turn_away: false` there, as the Kubernetes
+//!   manifests do, since a refused connection would fail the Python agent's calls.
 //!
 //! Needs root (`unshare -m`, `mount --bind`), as the rest of the suite's setup does.
 
 mod common;
 
 use std::net::{Ipv4Addr, SocketAddr};
-use std::path::{Path, PathBuf};
-use std::process::Stdio;
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use common::*;
 use serde_json::Value;
-use tokio::process::{Child, Command};
+use tokio::process::Command;
 
 const NAME: &str = "tier.satmesh.test";
 const PYTHON_AGENTS: usize = 6;
 const RUST_AGENTS: usize = 6;
 const AGENTS: usize = PYTHON_AGENTS + RUST_AGENTS;
-/// Each agent reports for about 60 s: connected through the whole rebalancing.
-const SEGMENTS: u64 = 360;
+/// Each agent reports for about 50 s: connected through the whole rebalancing.
+const SEGMENTS: u64 = 300;
 const RATE: &str = "6";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn real_agents_dialling_a_name_with_three_addresses_are_spread_without_loss() {
-    let tier = TierAddrs::new();
-    let hosts = tier.hosts_file();
-    let collector = format!("{NAME}:{}", tier.port);
-    let figures = scale_out(&tier, &collector, Some(hosts.path())).await;
+    let figures = scale_out(Dial::Name).await;
     println!("(b) multi-address, real agents: {figures}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn real_agents_behind_a_virtual_ip_are_spread_without_loss() {
-    let tier = TierAddrs::new();
-    let vip = vip(tier.grpc_addrs()).await;
-    let figures = scale_out(&tier, &vip.to_string(), None).await;
+    let figures = scale_out(Dial::VirtualIp).await;
     println!("(a) virtual IP, real agents: {figures}");
+}
+
+/// How the agents reach the tier.
+#[derive(Clone, Copy, PartialEq)]
+enum Dial {
+    /// `tier.satmesh.test`, three records in the agents' own /etc/hosts.
+    Name,
+    /// One address, a random ready peer per connection; peers do not turn connections
+    /// away there (`balance.turn_away: false`).
+    VirtualIp,
 }
 
 /// Three peers' addresses: agent port shared on 127.0.0.2-4 (a name's A records carry no
@@ -77,13 +83,6 @@ impl TierAddrs {
         TierAddrs { ips, port, gossip }
     }
 
-    fn grpc_addrs(&self) -> Vec<SocketAddr> {
-        self.ips
-            .iter()
-            .map(|ip| SocketAddr::from((*ip, self.port)))
-            .collect()
-    }
-
     /// This machine's /etc/hosts plus the tier's name with the peers in order.
     fn hosts_file(&self) -> tempfile::NamedTempFile {
         let mut text = std::fs::read_to_string("/etc/hosts").unwrap_or_default();
@@ -96,7 +95,7 @@ impl TierAddrs {
         file
     }
 
-    async fn start_peer(&self, i: usize, oaps: &[SocketAddr]) -> Proc {
+    async fn start_peer(&self, i: usize, oaps: &[SocketAddr], dial: Dial) -> Proc {
         let seeds: Vec<String> = self.gossip.iter().map(|a| a.to_string()).collect();
         let (id, listen, admin, gossip, seeds) = (
             format!("peer-{i}"),
@@ -105,40 +104,17 @@ impl TierAddrs {
             self.gossip[i].to_string(),
             seeds.join(","),
         );
+        let turn_away = (dial == Dial::Name).to_string();
         let envs = [
             ("SATMESH__CLUSTER__NODE_ID", id.as_str()),
             ("SATMESH__CLUSTER__GOSSIP_LISTEN", gossip.as_str()),
             ("SATMESH__CLUSTER__SEEDS", seeds.as_str()),
             ("SATMESH__SERVER__LISTEN", listen.as_str()),
             ("SATMESH__ADMIN__LISTEN", admin.as_str()),
+            ("SATMESH__BALANCE__TURN_AWAY", turn_away.as_str()),
         ];
         satmesh_env(oaps, "", &envs).await
     }
-}
-
-/// An L4 virtual IP, as a Kubernetes ClusterIP: each connection goes to a random
-/// backend that accepts, bytes copied both ways.
-async fn vip(backends: Vec<SocketAddr>) -> SocketAddr {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        loop {
-            let Ok((mut client, _)) = listener.accept().await else {
-                return;
-            };
-            let backends = backends.clone();
-            tokio::spawn(async move {
-                for _ in 0..20 {
-                    let pick = backends[rand::random_range(0..backends.len())];
-                    if let Ok(mut server) = tokio::net::TcpStream::connect(pick).await {
-                        let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
-                        return;
-                    }
-                }
-            });
-        }
-    });
-    addr
 }
 
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -147,103 +123,77 @@ enum Kind {
     Rust,
 }
 
-struct Agent {
+/// Starts agent `n` reporting to `collector` for about a minute, in a mount namespace
+/// with `hosts` as its /etc/hosts when given; the task ends with its summary, after
+/// checking that the agent lost nothing itself.
+async fn start_agent(
     kind: Kind,
-    instance: String,
-    child: Child,
-}
-
-/// Starts one agent reporting to `collector`, in a mount namespace with `hosts` as its
-/// /etc/hosts when given.
-async fn start_agent(kind: Kind, n: usize, collector: &str, hosts: Option<&Path>) -> Agent {
+    n: usize,
+    collector: &str,
+    hosts: Option<&Path>,
+) -> (String, tokio::task::JoinHandle<Value>) {
     let instance = format!("{kind:?}-{n}").to_lowercase();
-    let (program, mut args): (PathBuf, Vec<String>) = match kind {
-        Kind::Python => (
-            python_bin().await.to_path_buf(),
-            vec![format!(
-                "{}/tests/agents/python_agent.py",
-                env!("CARGO_MANIFEST_DIR")
-            )],
-        ),
-        Kind::Rust => (rust_agent_bin().await.to_path_buf(), vec![]),
+    let mut cmd = match kind {
+        Kind::Python => python_agent(collector).await,
+        Kind::Rust => rust_agent(collector).await,
     };
-    let segments = SEGMENTS.to_string();
-    let logs = (SEGMENTS / 2).to_string();
-    args.extend(
-        [
-            "--service",
-            "shed",
-            "--instance",
-            &instance,
-            "--segments",
-            &segments,
-            "--logs",
-            &logs,
-            "--meters",
-            "5",
-            "--rate-per-sec",
-            RATE,
-            "--timeout-secs",
-            "40",
-        ]
-        .map(String::from),
-    );
-    let mut cmd = match hosts {
-        Some(hosts) => {
-            let mut c = Command::new("unshare");
-            c.args(["-m", "sh", "-c", "mount --bind \"$0\" /etc/hosts && exec \"$@\""])
-                .arg(hosts)
-                .arg(&program);
-            c
-        }
-        None => Command::new(&program),
-    };
-    cmd.args(&args)
-        .env("SW_AGENT_COLLECTOR_BACKEND_SERVICES", collector)
-        .env_remove("SW_AGENT_AUTHENTICATION")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true);
-    Agent {
-        kind,
-        instance,
-        child: cmd.spawn().expect("start agent"),
+    let (segments, logs) = (SEGMENTS.to_string(), (SEGMENTS / 2).to_string());
+    cmd.args(["--service", "shed", "--instance", &instance])
+        .args(["--segments", &segments, "--logs", &logs, "--meters", "5"])
+        .args(["--rate-per-sec", RATE, "--timeout-secs", "40"]);
+    if let Some(hosts) = hosts {
+        cmd = with_hosts(&cmd, hosts);
     }
+    let name = instance.clone();
+    let task = tokio::spawn(async move {
+        let run = run_agent(&name, &mut cmd, Duration::from_secs(150)).await;
+        let (summary, output) = (run.summary, run.output);
+        let lost = if kind == Kind::Python { "lost" } else { "dropped" };
+        assert!(
+            summary[lost].as_object().unwrap().values().all(|v| v == 0),
+            "{name} lost items itself: {summary}\n{output}"
+        );
+        assert_eq!(
+            summary["segments"].as_u64(),
+            Some(SEGMENTS),
+            "{name} created every segment: {summary}"
+        );
+        summary
+    });
+    (instance, task)
 }
 
-/// Waits for an agent to finish and returns its summary, checking it lost nothing itself.
-async fn finish(agent: Agent) -> Value {
-    let Agent {
-        kind,
-        instance,
-        child,
-    } = agent;
-    let out = tokio::time::timeout(Duration::from_secs(120), child.wait_with_output())
-        .await
-        .unwrap_or_else(|_| panic!("{instance} did not finish"))
-        .expect("agent output");
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "{instance} failed:\n{stderr}");
-    let summary = agent_summary(&out.stdout);
-    let lost_key = if kind == Kind::Python { "lost" } else { "dropped" };
-    assert!(
-        summary[lost_key].as_object().unwrap().values().all(|v| v == 0),
-        "{instance} lost items itself: {summary}\n{stderr}"
-    );
-    assert_eq!(
-        summary["segments"].as_u64(),
-        Some(SEGMENTS),
-        "{instance} created every segment: {summary}"
-    );
-    summary
+/// `cmd` run in its own mount namespace where `hosts` is bind-mounted on /etc/hosts.
+fn with_hosts(cmd: &Command, hosts: &Path) -> Command {
+    let std = cmd.as_std();
+    let mut wrapped = Command::new("unshare");
+    wrapped
+        .args(["-m", "sh", "-c", "mount --bind \"$0\" /etc/hosts && exec \"$@\""])
+        .arg(hosts)
+        .arg(std.get_program())
+        .args(std.get_args());
+    for (key, value) in std.get_envs() {
+        match value {
+            Some(value) => wrapped.env(key, value),
+            None => wrapped.env_remove(key),
+        };
+    }
+    wrapped
 }
 
 /// One peer with every agent, then three; returns the measured figures.
-async fn scale_out(tier: &TierAddrs, collector: &str, hosts: Option<&Path>) -> String {
+async fn scale_out(dial: Dial) -> String {
+    let tier = TierAddrs::new();
     let sinks = [sink(&[]).await, sink(&[]).await];
     let oaps: Vec<SocketAddr> = sinks.iter().map(|s| s.grpc).collect();
-    let mut peers = vec![tier.start_peer(0, &oaps).await];
+    let mut peers = vec![tier.start_peer(0, &oaps, dial).await];
     ready(&peers[0]).await;
+    let vip = Vip::start(&[&peers[0]]).await;
+    let hosts = tier.hosts_file();
+    let (collector, hosts) = match dial {
+        Dial::Name => (format!("{NAME}:{}", tier.port), Some(hosts.path())),
+        Dial::VirtualIp => (vip.addr.to_string(), None),
+    };
 
     let mut agents = Vec::new();
     for n in 0..AGENTS {
@@ -252,7 +202,7 @@ async fn scale_out(tier: &TierAddrs, collector: &str, hosts: Option<&Path>) -> S
         } else {
             Kind::Rust
         };
-        agents.push(start_agent(kind, n, collector, hosts).await);
+        agents.push((kind, start_agent(kind, n, &collector, hosts).await));
     }
     let deadline = Instant::now() + Duration::from_secs(30);
     while peers[0].metric("satmesh_agent_connections").await < AGENTS as f64 {
@@ -264,7 +214,9 @@ async fn scale_out(tier: &TierAddrs, collector: &str, hosts: Option<&Path>) -> S
     }
 
     for i in 1..3 {
-        peers.push(tier.start_peer(i, &oaps).await);
+        let peer = tier.start_peer(i, &oaps, dial).await;
+        vip.add(&peer);
+        peers.push(peer);
     }
     let started = Instant::now();
     let mean = AGENTS as f64 / 3.0;
@@ -311,9 +263,8 @@ async fn scale_out(tier: &TierAddrs, collector: &str, hosts: Option<&Path>) -> S
 
     // Zero loss: what each agent reported arrived, split over the two sinks.
     let mut reported = 0;
-    for agent in agents {
-        let (kind, instance) = (agent.kind, agent.instance.clone());
-        let summary = finish(agent).await;
+    for (kind, (instance, task)) in agents {
+        let summary = task.await.expect("agent task");
         for signal in ["segments", "logs", "meters"] {
             let want = summary[signal].as_u64().unwrap();
             reported += want;

@@ -5,6 +5,7 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Output, Stdio};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -646,27 +647,90 @@ pub async fn tier_peer(
     satmesh_env(oaps, "", &all).await
 }
 
-/// An L4 virtual IP, as a Kubernetes ClusterIP: each connection goes to a random backend
-/// that accepts (another one when the pick refuses), bytes copied both ways.
-pub async fn vip(backends: Vec<SocketAddr>) -> SocketAddr {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        loop {
-            let Ok((mut client, _)) = listener.accept().await else {
-                return;
-            };
-            let backends = backends.clone();
-            tokio::spawn(async move {
-                for _ in 0..20 {
-                    let pick = backends[rand::random_range(0..backends.len())];
+/// An L4 virtual IP in front of a tier, as a Kubernetes ClusterIP with kube-proxy: each
+/// new connection goes to one random *ready* backend, bytes copied both ways. A backend
+/// is ready while its `/readyz` answers 200, polled every 100 ms (the endpoints controller
+/// and kube-proxy take about a second). Like kube-proxy, a connection whose backend
+/// refuses it is closed, not sent to another backend.
+pub struct Vip {
+    pub addr: SocketAddr,
+    backends: Arc<Mutex<Vec<Backend>>>,
+}
+
+#[derive(Clone, Copy)]
+struct Backend {
+    grpc: SocketAddr,
+    admin: SocketAddr,
+    ready: bool,
+}
+
+impl Vip {
+    pub async fn start(peers: &[&Proc]) -> Vip {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let vip = Vip {
+            addr: listener.local_addr().unwrap(),
+            backends: Arc::default(),
+        };
+        for p in peers {
+            vip.add(p);
+        }
+        let backends = vip.backends.clone();
+        tokio::spawn(async move {
+            loop {
+                let Ok((mut client, _)) = listener.accept().await else {
+                    return;
+                };
+                let ready: Vec<SocketAddr> = lock(&backends)
+                    .iter()
+                    .filter(|b| b.ready)
+                    .map(|b| b.grpc)
+                    .collect();
+                if ready.is_empty() {
+                    continue;
+                }
+                let pick = ready[rand::random_range(0..ready.len())];
+                tokio::spawn(async move {
                     if let Ok(mut server) = tokio::net::TcpStream::connect(pick).await {
                         let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
-                        return;
+                    }
+                });
+            }
+        });
+        let backends = Arc::downgrade(&vip.backends);
+        tokio::spawn(async move {
+            let http = reqwest::Client::builder()
+                .timeout(Duration::from_millis(500))
+                .build()
+                .unwrap();
+            while let Some(backends) = backends.upgrade() {
+                let admins: Vec<SocketAddr> = lock(&backends).iter().map(|b| b.admin).collect();
+                for admin in admins {
+                    let ready = http
+                        .get(format!("http://{admin}/readyz"))
+                        .send()
+                        .await
+                        .is_ok_and(|r| r.status().is_success());
+                    for b in lock(&backends).iter_mut().filter(|b| b.admin == admin) {
+                        b.ready = ready;
                     }
                 }
-            });
-        }
-    });
-    addr
+                drop(backends);
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        });
+        vip
+    }
+
+    /// Puts `peer` behind the VIP (it takes connections once its readiness is seen).
+    pub fn add(&self, peer: &Proc) {
+        lock(&self.backends).push(Backend {
+            grpc: peer.grpc,
+            admin: peer.admin,
+            ready: false,
+        });
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
 }
