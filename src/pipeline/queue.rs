@@ -87,19 +87,18 @@ impl EventQueue for MemoryQueue {
     fn push(&self, event: Event) -> BoxFuture<'_, Result<(), QueueClosed>> {
         Box::pin(async move {
             let cost = self.cost(&event);
-            self.events
-                .acquire()
+            // The permits are guards until the event is in: a push dropped while it waits
+            // for room (its agent went away) gives back what it had taken.
+            let events = self.events.acquire().await.map_err(|_| QueueClosed)?;
+            let bytes = self
+                .bytes
+                .acquire_many(cost)
                 .await
-                .map_err(|_| QueueClosed)?
-                .forget();
-            match self.bytes.acquire_many(cost).await {
-                Ok(permit) => permit.forget(),
-                Err(_) => {
-                    self.events.add_permits(1);
-                    return Err(QueueClosed);
-                }
-            }
-            self.tx.try_send(event).map_err(|_| QueueClosed)
+                .map_err(|_| QueueClosed)?;
+            self.tx.try_send(event).map_err(|_| QueueClosed)?;
+            events.forget();
+            bytes.forget();
+            Ok(())
         })
     }
 
@@ -164,6 +163,26 @@ mod tests {
             payload: Bytes::from(vec![0; len]),
             enqueued: Instant::now(),
             key: None,
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_push_given_up_while_waiting_for_bytes_keeps_no_room() {
+        let q = MemoryQueue::new(3, 100);
+        q.push(event(100)).await.unwrap();
+        // An event slot is free but the bytes are not: the push waits, then its agent
+        // goes away and the push is dropped.
+        let gave_up = tokio::time::timeout(Duration::from_secs(1), q.push(event(10))).await;
+        assert!(gave_up.is_err(), "waits for bytes");
+        let mut out = Vec::new();
+        assert!(q.pop(10, &mut out).await);
+        q.release(&out);
+        assert_eq!(q.depth().events, 0);
+        for _ in 0..3 {
+            tokio::time::timeout(Duration::from_secs(1), q.push(event(10)))
+                .await
+                .expect("all three event slots are free again")
+                .unwrap();
         }
     }
 
