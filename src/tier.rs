@@ -337,6 +337,9 @@ async fn publish_facts(
             .map(|mean| (mean * 10.0).round() / 10.0);
         facts.ring_digest = ring.load().digest();
         facts.state = if *draining.borrow_and_update() {
+            // The shedder has stopped: its last decision no longer says what happens.
+            facts.balance_action = PeerState::Draining.as_str().to_owned();
+            facts.fair_share = None;
             PeerState::Draining
         } else {
             PeerState::Ready
