@@ -9,6 +9,7 @@
 
 pub mod accept;
 pub mod admission;
+mod deframe;
 mod forward;
 pub mod lifecycle;
 mod receive;
@@ -98,9 +99,23 @@ impl tower::Service<http::Request<Incoming>> for Handler {
             let method = protocol::method(id);
             state.metrics.method(id).calls_in.inc();
             let response = match method.policy {
+                // What agents send: no compression. Messages are sliced out of the DATA
+                // frames (`deframe`) and the answer is built here, without tonic.
+                Policy::Async if !compressed(&req) => {
+                    let auth = req
+                        .headers()
+                        .get("authentication")
+                        .map(|v| bytes::Bytes::copy_from_slice(v.as_bytes()));
+                    let messages = deframe::Deframed::new(req.into_body(), state.max_message_bytes);
+                    match receive::receive(state.clone(), conn, progress, id, auth, messages).await
+                    {
+                        Ok(()) => ok_response(),
+                        Err(status) => status.into_http(),
+                    }
+                }
                 Policy::Async => {
                     let svc = tower::service_fn(move |r| {
-                        receive::receive(state.clone(), conn.clone(), progress.clone(), id, r)
+                        receive::receive_tonic(state.clone(), conn.clone(), progress.clone(), id, r)
                     });
                     grpc.client_streaming(svc, req).await
                 }
@@ -115,6 +130,59 @@ impl tower::Service<http::Request<Incoming>> for Handler {
             };
             Ok(response.map(|body| tonic::body::Body::new(Guarded::new(body, guard))))
         })
+    }
+}
+
+/// Whether a call's messages may be compressed (`grpc-encoding` other than identity).
+fn compressed<B>(req: &http::Request<B>) -> bool {
+    req.headers()
+        .get("grpc-encoding")
+        .is_some_and(|e| e.as_bytes() != b"identity")
+}
+
+/// OK with one empty message: a valid answer for every async method ("no commands").
+fn ok_response() -> Response {
+    let mut response = http::Response::new(tonic::body::Body::new(OkBody::Message));
+    response.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/grpc"),
+    );
+    response
+}
+
+/// The body of [`ok_response`]: one empty gRPC message, then `grpc-status: 0`.
+enum OkBody {
+    Message,
+    Trailers,
+    Done,
+}
+
+impl http_body::Body for OkBody {
+    type Data = bytes::Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        _: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<bytes::Bytes>, Infallible>>> {
+        let frame = match *self {
+            OkBody::Message => {
+                *self = OkBody::Trailers;
+                http_body::Frame::data(bytes::Bytes::from_static(&[0, 0, 0, 0, 0]))
+            }
+            OkBody::Trailers => {
+                *self = OkBody::Done;
+                let mut trailers = http::HeaderMap::new();
+                trailers.insert("grpc-status", http::HeaderValue::from_static("0"));
+                http_body::Frame::trailers(trailers)
+            }
+            OkBody::Done => return Poll::Ready(None),
+        };
+        Poll::Ready(Some(Ok(frame)))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        matches!(self, OkBody::Done)
     }
 }
 

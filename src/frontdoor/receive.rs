@@ -6,19 +6,20 @@
 //! quiet moment between two messages (`ConnInfo::stream_may_end`), once everything
 //! received was queued; the agent opens its next stream on a new connection.
 //!
-//! Cancel-safety: `Streaming::message()` is a `poll_fn` over the `Streaming`, which keeps
-//! a partly received message in its own buffer, so dropping the future between polls
-//! loses nothing. The stream is ended only when `message()` is pending *and* the framing
-//! tracker says every byte received forms whole messages (tonic's buffer is then empty),
-//! after one last non-blocking poll for a message that arrived meanwhile. What the agent
-//! sends after that instant, before it sees the OK (about one network round trip), is
-//! not read: the quiet period makes that unlikely for bursty senders, not impossible.
+//! Cancel-safety: the message stream (`deframe::Deframed`, or tonic's `Streaming` for a
+//! compressed call) keeps a partly received message in its own buffer, and `try_next()`
+//! holds no state of its own, so dropping it between polls loses nothing. The stream is
+//! ended only when `try_next()` is pending *and* the framing tracker says every byte
+//! received forms whole messages (the stream's buffer is then empty), after one last
+//! non-blocking poll for a message that arrived meanwhile. What the agent sends after
+//! that instant, before it sees the OK (about one network round trip), is not read: the
+//! quiet period makes that unlikely for bursty senders, not impossible.
 
 use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::Bytes;
-use futures_util::FutureExt;
+use futures_util::{FutureExt, Stream, TryStreamExt};
 use tonic::{Request, Response, Status, Streaming};
 
 use super::stream::StreamProgress;
@@ -27,28 +28,47 @@ use crate::config::RoutePolicy;
 use crate::pipeline::{Event, key_of};
 use crate::protocol::MethodId;
 
-pub async fn receive(
+/// Through tonic (a compressed call): its decoder, and its response.
+pub async fn receive_tonic(
     state: Arc<State>,
     conn: Arc<ConnInfo>,
     progress: Arc<StreamProgress>,
     method: MethodId,
     req: Request<Streaming<Bytes>>,
 ) -> Result<Response<Bytes>, Status> {
+    let auth = req
+        .metadata()
+        .get("authentication")
+        .map(|v| Bytes::copy_from_slice(v.as_bytes()));
+    receive(state, conn, progress, method, auth, req.into_inner()).await?;
+    // An empty message is a valid answer for every method: "no commands".
+    Ok(Response::new(Bytes::new()))
+}
+
+/// Queues every message of `stream`; Ok once all are queued. `auth` is the call's
+/// `authentication` metadata.
+pub async fn receive<S>(
+    state: Arc<State>,
+    conn: Arc<ConnInfo>,
+    progress: Arc<StreamProgress>,
+    method: MethodId,
+    auth: Option<Bytes>,
+    mut stream: S,
+) -> Result<(), Status>
+where
+    S: Stream<Item = Result<Bytes, Status>> + Unpin,
+{
     let m = state.metrics.method(method);
     // Batches group by token, so the OAP sees each agent's own; none when one is configured.
     let auth = match state.token {
         Some(_) => None,
-        None => req
-            .metadata()
-            .get("authentication")
-            .map(|v| Bytes::copy_from_slice(v.as_bytes())),
+        None => auth,
     };
     let fixed = state.policies[usize::from(method)] == RoutePolicy::Fixed;
     let payload_kind = crate::protocol::method(method).payload;
     let mut key = None;
     // The first message that names its agent identifies the connection (see `returns`).
     let mut identify = !conn.is_identified() && payload_kind.key_fields().is_some();
-    let mut stream = req.into_inner();
     let where_it_stands = || (progress.last_data(), progress.at_boundary());
     // One waiter for the whole call while serving: no per-message registration.
     let mut draining = std::pin::pin!(conn.drain.clone().cancelled_owned());
@@ -56,14 +76,14 @@ pub async fn receive(
     loop {
         let next = tokio::select! {
             biased;
-            next = stream.message() => next,
+            next = stream.try_next() => next,
             _ = &mut draining, if !drain_seen => {
                 drain_seen = true;
                 continue;
             }
             _ = conn.stream_may_end(where_it_stands), if drain_seen => {
                 // A message may have completed since `message()` was last polled.
-                match stream.message().now_or_never() {
+                match stream.try_next().now_or_never() {
                     Some(next) => next,
                     None if progress.at_boundary() => {
                         state.metrics.front_door.streams_ended.inc();
@@ -106,6 +126,5 @@ pub async fn receive(
             .await
             .map_err(|_| Status::unavailable("satmesh is shutting down"))?;
     }
-    // An empty message is a valid answer for every method: "no commands".
-    Ok(Response::new(Bytes::new()))
+    Ok(())
 }
