@@ -103,6 +103,7 @@ pub async fn run(spec: DemoSpec, stop: CancellationToken) -> anyhow::Result<()> 
                 .unwrap_or(Duration::from_secs(365 * 24 * 3600)),
             max_messages: None,
             call_interval: Duration::from_millis(100),
+            ..LoadSpec::default()
         },
         progress.clone(),
         load_stop.clone(),

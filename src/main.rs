@@ -50,26 +50,48 @@ enum Command {
         /// gRPC address to load; several (comma-separated) are dialled first-address-first.
         #[arg(long, value_delimiter = ',', required = true)]
         target: Vec<SocketAddr>,
-        #[arg(long, default_value_t = 8)]
+        /// HTTP/2 connections, one per synthetic agent.
+        #[arg(long, default_value_t = 8, value_parser = at_least_one)]
         connections: usize,
-        /// Concurrent client-streams per connection.
+        /// Concurrent segment client-streams per connection (0: no segments).
         #[arg(long, default_value_t = 2)]
         streams: usize,
-        #[arg(long, default_value_t = 50)]
+        /// Messages per client-stream call (segments, or MeterData of a meter stream).
+        #[arg(long, default_value_t = 50, value_parser = at_least_one)]
         messages_per_call: usize,
-        /// Segment size in bytes.
+        /// Encoded size of one segment in bytes (real-shaped spans, padded with tags).
         #[arg(long, default_value_t = 300)]
         size: usize,
+        /// Stop after this long (calls in flight are finished).
         #[arg(long, value_parser = humantime::parse_duration, default_value = "10s")]
         duration: Duration,
-        #[arg(long)]
+        /// Stop after N segments acknowledged (or --duration, whichever comes first).
+        #[arg(long = "messages", alias = "max-messages", value_name = "N")]
         max_messages: Option<u64>,
         /// Pause between two calls of one stream, e.g. 10ms (default: none, full speed).
         #[arg(long, value_parser = humantime::parse_duration, default_value = "0s")]
         call_interval: Duration,
+        /// Service instances the data is reported as, spread over the connections
+        /// (default: one per connection).
+        #[arg(long, value_name = "K")]
+        instances: Option<usize>,
+        /// Concurrent MeterData client-streams per connection (MeterReportService/collect).
+        #[arg(long, default_value_t = 0, value_name = "S")]
+        meter_streams: usize,
+        /// keepAlive calls per second over all connections; their latency is reported.
+        #[arg(long, default_value_t = 0.0, value_name = "R", value_parser = parse_rate)]
+        keepalive_rate: f64,
+        /// Admin address of the `satmesh sink` the data ends at: its /latency is reset at
+        /// the start and the delivery latency (send -> sink) is added to the report.
+        #[arg(long, value_name = "ADDR")]
+        sink_admin: Option<String>,
         /// Print the report as JSON.
         #[arg(long)]
         json: bool,
+        /// Instead of load: open N idle agent connections (one keepAlive call each) to
+        /// the first target, hold them for --duration, report how many were established.
+        #[arg(long, value_name = "N")]
+        idle: Option<usize>,
     },
     /// Run satmesh's fake OAP: accepts every path, counts what it acknowledged.
     Sink {
@@ -164,6 +186,7 @@ fn main() -> ExitCode {
                 }
             };
             init_logs(config.log.format, &config.log.filter);
+            raise_nofile_limit(config.server.max_connections);
             report(runtime().block_on(run(config)))
         }
         Command::Demo {
@@ -195,9 +218,21 @@ fn main() -> ExitCode {
             duration,
             max_messages,
             call_interval,
+            instances,
+            meter_streams,
+            keepalive_rate,
+            sink_admin,
             json,
+            idle,
         } => {
             init_logs(LogFormat::Text, "warn");
+            if let Some(n) = idle {
+                let stop = CancellationToken::new();
+                return report(runtime().block_on(async move {
+                    tokio::spawn(signals(stop.clone()));
+                    satmesh::load::idle::bench(target[0], n, duration, json, stop).await
+                }));
+            }
             let spec = satmesh::load::LoadSpec {
                 targets: target,
                 connections,
@@ -207,8 +242,11 @@ fn main() -> ExitCode {
                 duration,
                 max_messages,
                 call_interval,
+                instances: instances.unwrap_or(0),
+                meter_streams_per_connection: meter_streams,
+                keepalive_per_second: keepalive_rate,
             };
-            report(runtime().block_on(bench(spec, json)))
+            report(runtime().block_on(bench(spec, sink_admin, json)))
         }
         Command::Sink {
             listen,
@@ -244,6 +282,22 @@ fn main() -> ExitCode {
     }
 }
 
+/// Raises the soft open-file limit to the hard one: one descriptor per agent connection,
+/// and a soft limit of 1024 is common, far below `server.max_connections`.
+fn raise_nofile_limit(max_connections: usize) {
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(limit) if max_connections > 0 && limit < max_connections as u64 + 64 => {
+            tracing::warn!(
+                limit,
+                max_connections,
+                "open file limit too low for server.max_connections"
+            );
+        }
+        Ok(limit) => tracing::debug!(limit, "open file limit"),
+        Err(e) => tracing::warn!(error = %e, "cannot raise the open file limit"),
+    }
+}
+
 fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -274,35 +328,81 @@ async fn run(config: Config) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn bench(spec: satmesh::load::LoadSpec, json: bool) -> anyhow::Result<()> {
+/// A count of at least 1.
+fn at_least_one(s: &str) -> Result<usize, String> {
+    match s.parse::<usize>() {
+        Ok(n) if n >= 1 => Ok(n),
+        _ => Err(format!("{s:?} is not a whole number >= 1")),
+    }
+}
+
+/// A rate in calls per second: finite and not negative.
+fn parse_rate(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(r) if r.is_finite() && r >= 0.0 => Ok(r),
+        _ => Err(format!(
+            "{s:?} is not a rate in calls per second (a number >= 0)"
+        )),
+    }
+}
+
+async fn bench(
+    spec: satmesh::load::LoadSpec,
+    sink_admin: Option<String>,
+    json: bool,
+) -> anyhow::Result<()> {
+    use satmesh::load::sink_admin as sink;
     use std::sync::atomic::Ordering;
+    if let Some(admin) = &sink_admin {
+        sink::reset(admin)
+            .await
+            .context("resetting the sink's /latency")?;
+    }
     let progress = std::sync::Arc::new(satmesh::load::Progress::default());
     let stop = CancellationToken::new();
     tokio::spawn(signals(stop.clone()));
-    let run = tokio::spawn(satmesh::load::run(spec, progress.clone(), stop));
-    let mut last = 0;
-    while !run.is_finished() {
-        tokio::time::sleep(Duration::from_secs(1)).await;
+    let meters_on = spec.meter_streams_per_connection > 0;
+    let pings_on = spec.keepalive_per_second > 0.0;
+    let mut run = tokio::spawn(satmesh::load::run(spec, progress.clone(), stop));
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.tick().await;
+    let (mut last, mut last_meters, mut seconds) = (0, 0, 0);
+    let mut report = loop {
+        tokio::select! {
+            report = &mut run => break report?,
+            _ = tick.tick() => {}
+        }
+        seconds += 1;
         let now = progress.messages.load(Ordering::Relaxed);
-        eprintln!(
-            "bench: {now} messages acknowledged ({}/s), {} errors",
-            now - last,
-            progress.errors.load(Ordering::Relaxed)
+        let meters = progress.meters.load(Ordering::Relaxed);
+        let mut line = format!("bench: {seconds}s {}/s segments ({now} in all)", now - last);
+        if meters_on {
+            line += &format!(", {}/s meters", meters - last_meters);
+        }
+        if pings_on {
+            let unary = progress.unary();
+            line += &format!(
+                ", keepAlive {} calls p99 {:.2} ms",
+                unary.count,
+                unary.percentiles.p99_us as f64 / 1000.0
+            );
+        }
+        let errors = progress.errors.load(Ordering::Relaxed);
+        eprintln!("{line}, {errors} errors");
+        (last, last_meters) = (now, meters);
+    };
+    if let Some(admin) = &sink_admin {
+        // A peer may still be delivering what it told the bench it took.
+        report.delivery = Some(
+            sink::settle(admin, report.messages, Duration::from_secs(10))
+                .await
+                .context("reading the sink's /latency")?,
         );
-        last = now;
     }
-    let report = run.await?;
     if json {
         println!("{}", serde_json::to_string(&report)?);
     } else {
-        println!(
-            "{} messages in {:.1} s: {:.0} messages/s, {} calls, errors {:?}",
-            report.messages,
-            report.seconds,
-            report.messages_per_second,
-            report.calls,
-            report.errors_by_status
-        );
+        println!("{}", report.render());
     }
     Ok(())
 }

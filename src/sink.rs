@@ -6,6 +6,12 @@
 //! meter elements per meter name, messages per `authentication` value, and an order-free
 //! digest of the payloads so tests can check bytes arrived unchanged. Faults (slow, failing, refusing) can be set at start
 //! and changed at run time through `POST /faults`.
+//!
+//! It also measures delivery: a segment sent by `satmesh bench` carries its send time in
+//! its traceId (see [`crate::load::segment`]). The sink reads field 1 alone, no further
+//! decoding, and records arrival minus send time in an HdrHistogram, read with
+//! `GET /latency` and cleared with `POST /latency/reset`. Arrival is when the sink read
+//! the message off its stream; only acknowledged segments are recorded, as for counts.
 
 use std::collections::{BTreeMap, HashMap};
 use std::convert::Infallible;
@@ -21,12 +27,14 @@ use axum::extract::State as AxumState;
 use axum::routing::get;
 use bytes::Bytes;
 use futures_util::{Stream, StreamExt};
+use hdrhistogram::Histogram;
 use hyper::body::Incoming;
 use rand::RngExt;
 use serde::{Deserialize, Serialize};
 use tonic::{Code, Request, Response, Status, Streaming};
 
 use crate::codec::PassThrough;
+use crate::load::latency::{self, LatencySummary};
 use crate::protocol::{self, Payload, Shape};
 
 /// Faults the sink plays.
@@ -78,7 +86,6 @@ pub struct InstanceCount {
     pub messages: u64,
 }
 
-#[derive(Default)]
 struct Counts {
     methods: BTreeMap<String, MethodCount>,
     segments: HashMap<(String, String), u64>,
@@ -87,6 +94,23 @@ struct Counts {
     meter_names: BTreeMap<String, u64>,
     authentication: BTreeMap<String, u64>,
     malformed: u64,
+    /// Arrival minus send time of every acknowledged segment that carries a send time.
+    latency: Histogram<u64>,
+}
+
+impl Default for Counts {
+    fn default() -> Counts {
+        Counts {
+            methods: BTreeMap::new(),
+            segments: HashMap::new(),
+            logs: HashMap::new(),
+            meters: HashMap::new(),
+            meter_names: BTreeMap::new(),
+            authentication: BTreeMap::new(),
+            malformed: 0,
+            latency: latency::histogram(),
+        }
+    }
 }
 
 /// What `GET /counts` returns.
@@ -157,6 +181,16 @@ impl Sink {
         }
     }
 
+    /// Delivery latency of the segments received since start or the last reset.
+    pub fn latency(&self) -> LatencySummary {
+        LatencySummary::of(&self.counts.lock().expect("sink lock").latency)
+    }
+
+    /// Forgets the delivery latencies recorded so far.
+    pub fn reset_latency(&self) {
+        self.counts.lock().expect("sink lock").latency.reset();
+    }
+
     fn fail(&self, path: &str, faults: &Faults) -> Option<Status> {
         if faults.fail_fraction > 0.0 && rand::rng().random_bool(faults.fail_fraction.min(1.0)) {
             let mut c = self.counts.lock().expect("sink lock");
@@ -169,7 +203,16 @@ impl Sink {
         None
     }
 
-    fn record(&self, path: &str, payload: Payload, auth: &str, messages: &[Bytes]) {
+    /// Counts an acknowledged call. `arrived` holds each message's arrival time (Unix
+    /// nanoseconds) for payloads whose delivery latency is measured, and is empty otherwise.
+    fn record(
+        &self,
+        path: &str,
+        payload: Payload,
+        auth: &str,
+        messages: &[Bytes],
+        arrived: &[u64],
+    ) {
         let mut c = self.counts.lock().expect("sink lock");
         let entry = c.methods.entry(path.to_owned()).or_default();
         entry.calls += 1;
@@ -183,6 +226,31 @@ impl Sink {
             count_instances(&mut c, payload, m);
             count_meter_names(&mut c.meter_names, payload, m);
         }
+        for (m, at) in messages.iter().zip(arrived) {
+            record_delivery(&mut c.latency, payload, m, *at);
+        }
+    }
+}
+
+/// Whether the sink stamps arrivals of this payload: segments, alone or in collections.
+fn measures_delivery(payload: Payload) -> bool {
+    matches!(payload, Payload::Segment | Payload::SegmentCollection)
+}
+
+/// Records arrival minus send time of each segment in `msg` that carries a send time. A
+/// send time after the arrival (clocks apart) counts as 0.
+fn record_delivery(h: &mut Histogram<u64>, payload: Payload, msg: &[u8], arrived: u64) {
+    let mut one = |segment: &[u8]| {
+        if let Some(sent) = crate::load::segment::sent_at(segment) {
+            latency::record(h, Duration::from_nanos(arrived.saturating_sub(sent)));
+        }
+    };
+    match payload {
+        Payload::Segment => one(msg),
+        Payload::SegmentCollection => satmesh_proto::repeated(msg, satmesh_proto::COLLECTION_ITEMS)
+            .flatten()
+            .for_each(one),
+        _ => {}
     }
 }
 
@@ -286,7 +354,7 @@ impl tower::Service<http::Request<Incoming>> for SinkService {
                         let auth = auth_of(&r);
                         let answers = r.into_inner().map(move |m| {
                             let m = m?;
-                            sink.record(&path, payload, &auth, std::slice::from_ref(&m));
+                            sink.record(&path, payload, &auth, std::slice::from_ref(&m), &[]);
                             Ok(if faults.echo { m } else { Bytes::new() })
                         });
                         Ok::<_, Status>(Response::new(Box::pin(answers) as AnswerStream))
@@ -302,7 +370,12 @@ impl tower::Service<http::Request<Incoming>> for SinkService {
                         let auth = auth_of(&r);
                         let mut stream = r.into_inner();
                         let mut messages = Vec::new();
+                        let mut arrived = Vec::new();
+                        let stamps = measures_delivery(payload);
                         while let Some(m) = stream.message().await? {
+                            if stamps {
+                                arrived.push(latency::unix_nanos());
+                            }
                             if faults.delay_per_message_ms > 0 {
                                 tokio::time::sleep(Duration::from_millis(
                                     faults.delay_per_message_ms,
@@ -314,7 +387,7 @@ impl tower::Service<http::Request<Incoming>> for SinkService {
                         if let Some(status) = sink.fail(&path, &faults) {
                             return Err(status);
                         }
-                        sink.record(&path, payload, &auth, &messages);
+                        sink.record(&path, payload, &auth, &messages, &arrived);
                         let answer = match messages.first() {
                             Some(first) if faults.echo && echoes => first.clone(),
                             _ => Bytes::new(),
@@ -383,329 +456,27 @@ async fn set_faults(AxumState(sink): AxumState<Arc<Sink>>, Json(f): Json<Faults>
     Json(sink.faults())
 }
 
-/// The sink's admin side: `GET /counts`, `GET|POST /faults`.
+async fn get_latency(AxumState(sink): AxumState<Arc<Sink>>) -> Json<LatencySummary> {
+    Json(sink.latency())
+}
+
+async fn reset_latency(AxumState(sink): AxumState<Arc<Sink>>) -> Json<LatencySummary> {
+    sink.reset_latency();
+    Json(sink.latency())
+}
+
+/// The sink's admin side: `GET /counts`, `GET|POST /faults`, `GET /latency`,
+/// `POST /latency/reset`.
 pub fn router(sink: Arc<Sink>) -> Router {
     Router::new()
         .route("/counts", get(get_counts))
         .route("/faults", get(get_faults).post(set_faults))
+        .route("/latency", get(get_latency))
+        .route("/latency/reset", axum::routing::post(reset_latency))
         .route("/healthz", get(|| async { "ok\n" }))
         .with_state(sink)
 }
 
 #[cfg(test)]
-mod tests {
-    use prost::Message;
-
-    use super::*;
-
-    use crate::load::SegmentObject;
-
-    /// `SegmentCollection`: segments=1.
-    #[derive(Clone, PartialEq, Message)]
-    struct SegmentCollection {
-        #[prost(message, repeated, tag = "1")]
-        segments: Vec<SegmentObject>,
-    }
-
-    /// `LogData`: timestamp=1, service=2, serviceInstance=3, endpoint=4, body=5.
-    #[derive(Clone, PartialEq, Message)]
-    struct LogData {
-        #[prost(int64, tag = "1")]
-        timestamp: i64,
-        #[prost(string, tag = "2")]
-        service: String,
-        #[prost(string, tag = "3")]
-        service_instance: String,
-        #[prost(string, tag = "4")]
-        endpoint: String,
-        #[prost(bytes = "vec", tag = "5")]
-        body: Vec<u8>,
-    }
-
-    /// `MeterSingleValue`: name=1, labels=2, value=3.
-    #[derive(Clone, PartialEq, Message)]
-    struct MeterSingleValue {
-        #[prost(string, tag = "1")]
-        name: String,
-        #[prost(double, tag = "3")]
-        value: f64,
-    }
-
-    /// `MeterData`: singleValue=1, service=3, serviceInstance=4, timestamp=5.
-    #[derive(Clone, PartialEq, Message)]
-    struct MeterData {
-        #[prost(message, optional, tag = "1")]
-        single_value: Option<MeterSingleValue>,
-        #[prost(string, tag = "3")]
-        service: String,
-        #[prost(string, tag = "4")]
-        service_instance: String,
-        #[prost(int64, tag = "5")]
-        timestamp: i64,
-    }
-
-    /// `MeterDataCollection`: meterData=1.
-    #[derive(Clone, PartialEq, Message)]
-    struct MeterDataCollection {
-        #[prost(message, repeated, tag = "1")]
-        meter_data: Vec<MeterData>,
-    }
-
-    fn segment(service: &str, instance: &str) -> SegmentObject {
-        SegmentObject {
-            trace_id: "trace".into(),
-            trace_segment_id: "segment".into(),
-            spans: vec![vec![9; 300]],
-            service: service.into(),
-            service_instance: instance.into(),
-        }
-    }
-
-    fn log(service: &str, instance: &str) -> LogData {
-        LogData {
-            timestamp: 1_700_000_000_000,
-            service: service.into(),
-            service_instance: instance.into(),
-            endpoint: "/checkout".into(),
-            body: b"hello".to_vec(),
-        }
-    }
-
-    fn meter(service: &str, instance: &str) -> MeterData {
-        MeterData {
-            single_value: Some(MeterSingleValue {
-                name: "cpu".into(),
-                value: 0.5,
-            }),
-            service: service.into(),
-            service_instance: instance.into(),
-            timestamp: 1_700_000_000_000,
-        }
-    }
-
-    fn bytes(m: &impl Message) -> Bytes {
-        Bytes::from(m.encode_to_vec())
-    }
-
-    /// (service, instance, messages), sorted as `counts()` sorts them.
-    fn list(l: &[InstanceCount]) -> Vec<(&str, &str, u64)> {
-        l.iter()
-            .map(|c| (c.service.as_str(), c.instance.as_str(), c.messages))
-            .collect()
-    }
-
-    const PATH: &str = "/skywalking.v3.Test/collect";
-
-    #[test]
-    fn fnv1a_matches_published_vectors() {
-        // From the FNV reference test suite (64-bit FNV-1a).
-        assert_eq!(fnv1a(b""), 0xcbf2_9ce4_8422_2325);
-        assert_eq!(fnv1a(b"a"), 0xaf63_dc4c_8601_ec8c);
-        assert_eq!(fnv1a(b"b"), 0xaf63_df4c_8601_f1a5);
-        assert_eq!(fnv1a(b"foobar"), 0x8594_4171_f739_67e8);
-    }
-
-    #[test]
-    fn counts_segments_per_service_and_instance() {
-        let sink = Sink::new(Faults::default());
-        let messages = [
-            bytes(&segment("checkout", "pod-1")),
-            bytes(&segment("checkout", "pod-2")),
-            bytes(&segment("checkout", "pod-1")),
-        ];
-        sink.record(PATH, Payload::Segment, "token", &messages);
-        let c = sink.counts();
-        assert_eq!(
-            list(&c.segments),
-            [("checkout", "pod-1", 2), ("checkout", "pod-2", 1)]
-        );
-        assert!(c.logs.is_empty() && c.meters.is_empty());
-        assert_eq!(c.malformed, 0);
-    }
-
-    #[test]
-    fn counts_each_segment_of_a_collection() {
-        let sink = Sink::new(Faults::default());
-        let collection = SegmentCollection {
-            segments: vec![
-                segment("a", "1"),
-                segment("b", "1"),
-                segment("a", "1"),
-                segment("a", "2"),
-            ],
-        };
-        sink.record(PATH, Payload::SegmentCollection, "", &[bytes(&collection)]);
-        let c = sink.counts();
-        assert_eq!(
-            list(&c.segments),
-            [("a", "1", 2), ("a", "2", 1), ("b", "1", 1)]
-        );
-        // The method counts the collection as one message.
-        assert_eq!(c.methods[PATH].messages, 1);
-    }
-
-    #[test]
-    fn counts_logs_by_their_own_field_numbers() {
-        let sink = Sink::new(Faults::default());
-        let messages = [bytes(&log("web", "w-1")), bytes(&log("api", "a-1"))];
-        sink.record(PATH, Payload::Log, "", &messages);
-        let c = sink.counts();
-        assert_eq!(list(&c.logs), [("api", "a-1", 1), ("web", "w-1", 1)]);
-        assert!(c.segments.is_empty() && c.meters.is_empty());
-    }
-
-    #[test]
-    fn counts_meters_and_each_meter_of_a_collection() {
-        let sink = Sink::new(Faults::default());
-        sink.record(PATH, Payload::Meter, "", &[bytes(&meter("m", "i-1"))]);
-        let collection = MeterDataCollection {
-            meter_data: vec![meter("m", "i-1"), meter("m", "i-2"), meter("n", "i-1")],
-        };
-        sink.record(PATH, Payload::MeterCollection, "", &[bytes(&collection)]);
-        let c = sink.counts();
-        assert_eq!(
-            list(&c.meters),
-            [("m", "i-1", 2), ("m", "i-2", 1), ("n", "i-1", 1)]
-        );
-        assert_eq!(c.meter_names, BTreeMap::from([("cpu".to_owned(), 4)]));
-        assert!(c.segments.is_empty() && c.logs.is_empty());
-        assert_eq!(c.malformed, 0);
-    }
-
-    #[test]
-    fn record_counts_calls_messages_bytes_digest_and_authentication() {
-        let sink = Sink::new(Faults::default());
-        let a = bytes(&segment("s", "i"));
-        let b = Bytes::from_static(b"opaque bytes");
-        sink.record(PATH, Payload::Opaque, "secret", &[a.clone(), b.clone()]);
-        sink.record(PATH, Payload::Opaque, "", &[]);
-        let c = sink.counts();
-        let m = &c.methods[PATH];
-        assert_eq!((m.calls, m.messages), (2, 2));
-        assert_eq!(m.bytes, (a.len() + b.len()) as u64);
-        assert_eq!(m.digest, fnv1a(&a).wrapping_add(fnv1a(&b)));
-        assert_eq!(m.failed_calls, 0);
-        assert_eq!(c.authentication.get("secret"), Some(&2));
-        assert_eq!(c.authentication.get(""), Some(&0));
-        // Opaque payloads are never looked into.
-        assert!(c.segments.is_empty());
-        assert_eq!(c.malformed, 0);
-    }
-
-    #[test]
-    fn malformed_messages_are_counted_not_fatal() {
-        let sink = Sink::new(Faults::default());
-        let truncated = Bytes::from_static(&[0x22, 0x05, b'a']); // service: 5 bytes, 1 given
-        let group = Bytes::from_static(&[0x23]); // start-group wire type
-        // Invalid UTF-8 in each payload's own service field (4, 2 and 3).
-        for (payload, service_tag) in [
-            (Payload::Segment, 0x22),
-            (Payload::Log, 0x12),
-            (Payload::Meter, 0x1a),
-        ] {
-            let bad_utf8 = Bytes::from(vec![service_tag, 0x01, 0xff]);
-            sink.record(
-                PATH,
-                payload,
-                "",
-                &[truncated.clone(), bad_utf8, group.clone()],
-            );
-        }
-        let c = sink.counts();
-        assert_eq!(c.malformed, 9);
-        assert!(c.segments.is_empty() && c.logs.is_empty() && c.meters.is_empty());
-        // Malformed messages were still acknowledged, so the method counts them.
-        assert_eq!(c.methods[PATH].messages, 9);
-    }
-
-    #[test]
-    fn a_malformed_collection_is_counted_once() {
-        let sink = Sink::new(Faults::default());
-        // A collection whose element is not a valid segment.
-        let bad_item = Bytes::from_static(&[0x0a, 0x03, 0x22, 0x05, b'a']);
-        // A collection cut in the middle of its element.
-        let mut cut = bytes(&SegmentCollection {
-            segments: vec![segment("a", "1")],
-        })
-        .to_vec();
-        cut.truncate(cut.len() - 1);
-        sink.record(
-            PATH,
-            Payload::SegmentCollection,
-            "",
-            &[bad_item, Bytes::from(cut)],
-        );
-        sink.record(
-            PATH,
-            Payload::MeterCollection,
-            "",
-            &[Bytes::from_static(&[0xff])],
-        );
-        let c = sink.counts();
-        assert_eq!(c.malformed, 3);
-        assert!(c.segments.is_empty() && c.meters.is_empty());
-    }
-
-    #[test]
-    fn fail_always_fails_at_fraction_one() {
-        let sink = Sink::new(Faults::default());
-        let faults = Faults {
-            fail_fraction: 1.0,
-            fail_code: 14,
-            ..Faults::default()
-        };
-        for _ in 0..200 {
-            let status = sink.fail(PATH, &faults).expect("fraction 1.0 always fails");
-            assert_eq!(status.code(), Code::Unavailable);
-        }
-        let c = sink.counts();
-        assert_eq!(c.methods[PATH].failed_calls, 200);
-        // Failed calls are not acknowledged, so nothing else is counted.
-        assert_eq!((c.methods[PATH].calls, c.methods[PATH].messages), (0, 0));
-    }
-
-    #[test]
-    fn fail_uses_the_configured_code_and_caps_the_fraction() {
-        let sink = Sink::new(Faults::default());
-        let faults = Faults {
-            fail_fraction: 7.0,
-            fail_code: 3,
-            ..Faults::default()
-        };
-        let status = sink
-            .fail(PATH, &faults)
-            .expect("a fraction above 1 always fails");
-        assert_eq!(status.code(), Code::InvalidArgument);
-    }
-
-    #[test]
-    fn fail_never_fails_at_fraction_zero() {
-        let sink = Sink::new(Faults::default());
-        for fraction in [0.0, -1.0, f64::NAN] {
-            let faults = Faults {
-                fail_fraction: fraction,
-                fail_code: 14,
-                ..Faults::default()
-            };
-            for _ in 0..200 {
-                assert!(sink.fail(PATH, &faults).is_none(), "fraction {fraction}");
-            }
-        }
-        assert!(!sink.counts().methods.contains_key(PATH));
-    }
-
-    #[test]
-    fn faults_can_be_changed_at_run_time() {
-        let sink = Sink::new(Faults {
-            echo: true,
-            ..Faults::default()
-        });
-        assert!(sink.faults().echo);
-        sink.set_faults(Faults {
-            refuse: true,
-            ..Faults::default()
-        });
-        let f = sink.faults();
-        assert!(f.refuse && !f.echo);
-    }
-}
+#[path = "sink_tests.rs"]
+mod tests;

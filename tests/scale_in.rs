@@ -76,6 +76,7 @@ async fn sigterm_tells_the_tier_first_then_moves_every_agent_without_loss() {
             duration: Duration::from_secs(22 + window_secs),
             max_messages: None,
             call_interval: Duration::from_millis(200),
+            ..LoadSpec::default()
         },
         progress.clone(),
         CancellationToken::new(),

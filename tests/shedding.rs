@@ -69,6 +69,7 @@ async fn scale_out(dial: Dial) {
             duration: Duration::from_secs(120),
             max_messages: None,
             call_interval: Duration::from_millis(200),
+            ..LoadSpec::default()
         },
         progress.clone(),
         stop.clone(),

@@ -605,6 +605,7 @@ async fn the_other_peer_shows_a_shedding_peer_and_it_lists_its_rounds() {
             duration: Duration::from_secs(120),
             max_messages: None,
             call_interval: Duration::from_millis(200),
+            ..LoadSpec::default()
         },
         Arc::new(Progress::default()),
         stop,

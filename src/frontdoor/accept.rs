@@ -128,7 +128,9 @@ struct Listening {
 
 impl Listening {
     fn new(listener: TcpListener, connections: Connections) -> Listening {
-        let addr = listener.local_addr().expect("a bound listener has an address");
+        let addr = listener
+            .local_addr()
+            .expect("a bound listener has an address");
         connections.listener_opened();
         Listening {
             listener: Some(listener),

@@ -241,7 +241,11 @@ async fn an_agent_shed_that_comes_back_is_counted_and_not_shed_again() {
     // The shedder passes over it, whatever its age or idleness.
     let picked = crate::shed::pick(c.snapshot(), 10);
     let ids: Vec<ConnId> = picked.iter().map(|s| s.id).collect();
-    assert_eq!(ids, [other.id, newcomer.id], "oldest first, the returned one skipped");
+    assert_eq!(
+        ids,
+        [other.id, newcomer.id],
+        "oldest first, the returned one skipped"
+    );
 
     // A connection identifies once: a later key does not change who it is.
     again.identify(b"svc/instance-z");
@@ -281,5 +285,9 @@ async fn without_turn_away_a_returned_agent_may_be_shed_again() {
     assert!(again.returned(), "still counted");
     assert_eq!(c.returned(), 1);
     let picked = crate::shed::pick(c.snapshot(), 10);
-    assert_eq!(picked.len(), 1, "back by chance (virtual IP): it may move next time");
+    assert_eq!(
+        picked.len(),
+        1,
+        "back by chance (virtual IP): it may move next time"
+    );
 }

@@ -209,6 +209,16 @@ impl Client {
         }
     }
 
+    /// The same connection, sending its messages gzip-compressed (`grpc-encoding: gzip`).
+    pub fn gzip(&self) -> Client {
+        Client {
+            grpc: self
+                .grpc
+                .clone()
+                .send_compressed(tonic::codec::CompressionEncoding::Gzip),
+        }
+    }
+
     pub async fn unary(
         &self,
         path: &str,
