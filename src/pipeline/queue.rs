@@ -32,6 +32,10 @@ pub trait EventQueue: Send + Sync + 'static {
     /// queue's responsibility and the agent may be told so.
     fn push(&self, event: Event) -> BoxFuture<'_, Result<(), QueueClosed>>;
 
+    /// Stores the event if there is room now, without waiting or allocating; gives it
+    /// back otherwise (then `push` waits for room).
+    fn try_push(&self, event: Event) -> Result<(), Event>;
+
     /// Waits for at least one event, then moves up to `max` into `out` without waiting.
     /// Returns false once the queue is closed and empty.
     fn pop<'a>(&'a self, max: usize, out: &'a mut Vec<Event>) -> BoxFuture<'a, bool>;
@@ -102,6 +106,21 @@ impl EventQueue for MemoryQueue {
         })
     }
 
+    fn try_push(&self, event: Event) -> Result<(), Event> {
+        // Permits are only free when nobody waits for them (a release serves waiters
+        // first), so this never overtakes a waiting push.
+        let Ok(events) = self.events.try_acquire() else {
+            return Err(event);
+        };
+        let Ok(bytes) = self.bytes.try_acquire_many(self.cost(&event)) else {
+            return Err(event);
+        };
+        self.tx.try_send(event).map_err(|e| e.into_inner())?;
+        events.forget();
+        bytes.forget();
+        Ok(())
+    }
+
     fn pop<'a>(&'a self, max: usize, out: &'a mut Vec<Event>) -> BoxFuture<'a, bool> {
         Box::pin(async move {
             match self.rx.recv().await {
@@ -164,6 +183,22 @@ mod tests {
             enqueued: Instant::now(),
             key: None,
         }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn try_push_takes_room_only_when_there_is_some() {
+        let q = MemoryQueue::new(2, 100);
+        assert!(q.try_push(event(60)).is_ok());
+        let back = q.try_push(event(60)).expect_err("not enough bytes");
+        assert_eq!(back.payload.len(), 60, "the event is given back");
+        assert_eq!(q.depth().events, 1, "a failed try takes no room");
+        assert!(q.try_push(event(40)).is_ok());
+        assert!(q.try_push(event(0)).is_err(), "no event slot");
+        let mut out = Vec::new();
+        assert!(q.pop(10, &mut out).await);
+        assert_eq!(out.len(), 2);
+        q.release(&out);
+        assert!(q.try_push(event(100)).is_ok());
     }
 
     #[tokio::test(start_paused = true)]
