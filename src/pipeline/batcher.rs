@@ -3,7 +3,6 @@
 //! flushed batch is delivered by its own task; `max_inflight_batches` bounds them, and a
 //! sender that cannot start another delivery stops taking events (backpressure).
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -44,10 +43,12 @@ impl Batcher {
     /// Runs one sender until the queue is closed and empty; everything popped has been
     /// handed to a delivery task when this returns.
     pub async fn run(self: Arc<Self>) {
-        let mut lanes: HashMap<Lane, Pending> = HashMap::new();
+        // Few lanes are open at once (methods x tokens x owning nodes), and consecutive
+        // events mostly share one: a scan comparing fields beats hashing every event.
+        let mut lanes: Vec<(Lane, Pending)> = Vec::new();
         let mut popped = Vec::with_capacity(self.batch_size);
         loop {
-            let due = lanes.values().map(|p| p.due).min();
+            let due = lanes.iter().map(|(_, p)| p.due).min();
             let open = tokio::select! {
                 biased;
                 open = self.queue.pop(self.batch_size, &mut popped) => open,
@@ -59,26 +60,33 @@ impl Batcher {
                     .as_ref()
                     .zip(self.placement.as_ref())
                     .and_then(|(k, p)| p.place(k));
-                let lane = event.lane(target);
-                let pending = lanes.entry(lane.clone()).or_insert_with(|| Pending {
-                    events: Vec::new(),
-                    due: Instant::from_std(event.enqueued) + self.flush_interval,
-                });
+                let i = match lanes.iter().position(|(l, _)| l.holds(&event, target)) {
+                    Some(i) => i,
+                    None => {
+                        let pending = Pending {
+                            events: Vec::with_capacity(self.batch_size.min(512)),
+                            due: Instant::from_std(event.enqueued) + self.flush_interval,
+                        };
+                        lanes.push((event.lane(target), pending));
+                        lanes.len() - 1
+                    }
+                };
+                let pending = &mut lanes[i].1;
                 pending.events.push(event);
                 if pending.events.len() >= self.batch_size {
-                    let full = lanes.remove(&lane).expect("just inserted");
+                    let (lane, full) = lanes.swap_remove(i);
                     self.flush(lane, full.events).await;
                 }
             }
             let now = Instant::now();
-            let expired: Vec<Lane> = lanes
-                .iter()
-                .filter(|(_, p)| !open || p.due <= now)
-                .map(|(lane, _)| lane.clone())
-                .collect();
-            for lane in expired {
-                let pending = lanes.remove(&lane).expect("listed above");
-                self.flush(lane, pending.events).await;
+            let mut i = 0;
+            while i < lanes.len() {
+                if !open || lanes[i].1.due <= now {
+                    let (lane, pending) = lanes.swap_remove(i);
+                    self.flush(lane, pending.events).await;
+                } else {
+                    i += 1;
+                }
             }
             if !open {
                 return;

@@ -42,6 +42,13 @@ pub struct Lane {
     pub target: Option<SocketAddr>,
 }
 
+impl Lane {
+    /// Whether `event`, owned by `target`, belongs to this lane.
+    pub fn holds(&self, event: &Event, target: Option<SocketAddr>) -> bool {
+        self.method == event.method && self.target == target && self.auth == event.auth
+    }
+}
+
 impl Event {
     pub fn lane(&self, target: Option<SocketAddr>) -> Lane {
         Lane {
