@@ -17,7 +17,8 @@
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)   # paths in the arguments stay relative to the caller
 
-install() { # install COMMAND PACKAGE
+export PATH="$PATH:/usr/sbin:/sbin"   # nginx lives in /usr/sbin
+need() { # need COMMAND PACKAGE: install PACKAGE unless COMMAND exists
     command -v "$1" >/dev/null 2>&1 && return
     echo "bench/run.sh: installing $2" >&2
     local sudo=""; [ "$(id -u)" = 0 ] || sudo="sudo"
@@ -26,11 +27,11 @@ install() { # install COMMAND PACKAGE
 }
 # Debian's nginx carries the grpc and http_v2 modules (`nginx -V`); nginx-light is only
 # a transitional name for it on bookworm.
-install nginx nginx
-install gnuplot gnuplot-nox
+need nginx nginx
+need gnuplot gnuplot-nox
 
 # 10,000 idle connections: satmesh holds one descriptor each, the load generator one each.
 ulimit -Hn 65536 2>/dev/null || true
 ulimit -n "$(ulimit -Hn)"
 
-PYTHONPATH="$here${PYTHONPATH:+:$PYTHONPATH}" exec python3 -m satbench "$@"
+PYTHONDONTWRITEBYTECODE=1 PYTHONPATH="$here${PYTHONPATH:+:$PYTHONPATH}" exec python3 -m satbench "$@"

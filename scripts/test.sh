@@ -5,7 +5,9 @@
 #   - cargo-nextest, if missing;
 #   - a Python venv with the real SkyWalking Python agent (apache-skywalking==1.2.0);
 #   - Debian's chromium, for the status page test in a headless browser;
-#   - a venv with kubernetes-validate, for the deploy/ manifests test.
+#   - a venv with kubernetes-validate, for the deploy/ manifests test;
+#   - Debian's nginx and gnuplot-nox, for the benchmark smoke test (tests/bench_smoke.rs:
+#     nginx is the baseline proxy, gnuplot draws the plot).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -23,6 +25,15 @@ if ! command -v chromium >/dev/null 2>&1; then
     DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq chromium >/dev/null
 fi
 export SATMESH_REQUIRE_CHROMIUM=1
+# nginx (with its grpc module) and gnuplot, for the benchmark smoke test.
+for need in nginx:nginx gnuplot:gnuplot-nox; do
+    if ! command -v "${need%%:*}" >/dev/null 2>&1 && [ ! -x "/usr/sbin/${need%%:*}" ]; then
+        echo "test.sh: installing ${need#*:}"
+        SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo"
+        $SUDO apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need#*:}" >/dev/null
+    fi
+done
 if ! cargo nextest --version >/dev/null 2>&1; then
     cargo install cargo-nextest --locked
 fi
@@ -35,4 +46,7 @@ cargo build --workspace --all-targets
 # The real-agent test builds its agent with exactly this command; features resolve
 # differently for one package than for the workspace, so build it here, once.
 cargo build -p satmesh-rust-agent
+# The benchmark smoke test runs the criterion benches with exactly these commands.
+cargo bench --profile dev -p satmesh-cluster --bench ring --no-run
+cargo bench --profile dev -p satmesh-proto --bench peek --no-run
 cargo nextest run --workspace --no-fail-fast "$@"

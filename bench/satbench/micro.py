@@ -9,7 +9,7 @@ import os
 import shutil
 import subprocess
 
-from .procs import COMMANDS, ROOT
+from .procs import COMMANDS, ROOT, relative
 
 # (name, cargo package, bench target)
 BENCHES = (
@@ -28,7 +28,7 @@ def run(name, package, target, home, log, quick: bool, profile: str | None) -> l
         # Stop at 5 % spread instead of the benches' 2 s windows, fewer resamples.
         argv += ["--quick", "--nresamples", "1000"]
     shown = " ".join(argv)
-    COMMANDS.append((f"micro {name}", f"CRITERION_HOME=target/bench/criterion/{name} {shown}"))
+    COMMANDS.append((f"micro {name}", f"CRITERION_HOME={relative(home)} {shown}"))
     with open(log, "w") as out:
         rc = subprocess.run(
             argv, cwd=ROOT, env={**os.environ, "CRITERION_HOME": home}, stdout=out, stderr=out

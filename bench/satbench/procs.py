@@ -40,10 +40,18 @@ def _cleanup(*_):
             except OSError:
                 pass
     for pid in _EXTRA:
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except OSError:
-            pass
+        _kill_worker(pid)
+
+
+def _kill_worker(pid: int):
+    """Kills an nginx worker left behind, checking first that the pid is still one."""
+    try:
+        with open(f"/proc/{pid}/comm") as f:
+            if f.read().strip() != "nginx":
+                return
+        os.kill(pid, signal.SIGKILL)
+    except OSError:
+        pass
 
 
 atexit.register(_cleanup)
@@ -102,6 +110,11 @@ def wait_until(what: str, check, timeout: float, every: float = 0.02):
         time.sleep(every)
 
 
+def relative(path: str) -> str:
+    """A path inside the repository relative to its root; others as they are."""
+    return os.path.relpath(path, ROOT) if path.startswith(ROOT + "/") else path
+
+
 def _named(cmd: str) -> str:
     for addr, name in _ADDRS.items():
         cmd = cmd.replace(addr, name)
@@ -110,7 +123,7 @@ def _named(cmd: str) -> str:
 
 def _spawn(scenario, argv, env_extra, out, err) -> subprocess.Popen:
     env_text = " ".join(f"{k}={shlex.quote(v)}" for k, v in env_extra.items())
-    shown = [os.path.relpath(a, ROOT) if a.startswith(ROOT + "/") else a for a in argv]
+    shown = [relative(a) for a in argv]
     COMMANDS.append((scenario, _named((env_text + " " if env_text else "") + shlex.join(shown))))
     p = subprocess.Popen(
         argv,
@@ -156,10 +169,7 @@ class Service:
                 self.proc.kill()
                 self.proc.wait()
         for pid in self.extra_pids:
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+            _kill_worker(pid)
 
 
 def _listening(path: str, timeout: float = 20.0) -> tuple[str, str]:
@@ -273,8 +283,11 @@ class Runner:
         return report
 
     def bench_background(self, scenario: str, args: list[str]) -> subprocess.Popen:
+        """`satmesh bench ...` left running; its stdout file is `args_out`."""
         out, err = self._files("bench")
-        return _spawn(scenario, [self.binary, "bench", *args], {}, open(out, "w"), open(err, "w"))
+        p = _spawn(scenario, [self.binary, "bench", *args], {}, open(out, "w"), open(err, "w"))
+        p.args_out = out
+        return p
 
 
 def bench_supports(binary: str, flag: str) -> bool:

@@ -55,10 +55,11 @@ def _settle(sink: Service, quiet: float = 0.15, timeout: float = 60):
 
 
 class _LastArrival:
-    """When the last event of a measured run reached the sink. The load generator exits
-    up to a second after its load ends (it reports once a second), so its exit does not
-    mark the end; the sink is watched from just before the load's end until it is quiet,
-    which costs a few dozen /counts requests, not one per 20 ms for the whole run."""
+    """When the last event of a measured run reached the sink. The load generator's exit
+    does not mark it: satmesh acknowledges once queued and delivers after, and the exit
+    itself lags. The sink is watched from just before the load's end until it is quiet:
+    a few dozen /counts requests, not one every 10 ms for the whole run (the requests
+    cost the sink CPU, and the poller competes for the same cores)."""
 
     def __init__(self, sink: Service, load_end: float, quiet: float = 0.2):
         self.sink, self.quiet = sink, quiet
@@ -79,9 +80,8 @@ class _LastArrival:
     def wait(self, complete) -> float:
         """The time everything had arrived; waits for the stragglers the watch missed."""
         self.thread.join()
-        n, t = self.last
-        if complete(n):
-            return t
+        if self.last is not None and complete(self.last[0]):
+            return self.last[1]
         wait_until("every acknowledged event at the sink", lambda: complete(arrived(self.sink)), 120, 0.01)
         return time.monotonic()
 
@@ -145,6 +145,8 @@ def unary(r: Runner, path, rate, connections, warm, seconds) -> dict:
         load += ["--keepalive-rate", str(rate)]
         r.bench(scenario, load + ["--duration", _ms(warm)], timeout=warm + 60)
         rep = r.bench(scenario, load + ["--duration", _ms(seconds)], timeout=seconds + 60)
+        if rep["unary"]["calls"] == 0:
+            raise RuntimeError(f"no keepAlive call succeeded; bench errors {rep.get('errors_by_status')}")
         return {
             "path": path,
             "rate": rate,
@@ -178,6 +180,8 @@ def delivery(r: Runner, path, size, connections, streams, interval, warm, second
         http(f"http://{sink.admin}/latency/reset", b"")
         a0 = arrived(sink)
         rep = r.bench(scenario, load + ["--duration", _ms(seconds)], timeout=seconds + 60)
+        if rep["messages"] == 0:
+            raise RuntimeError(f"no event was acknowledged; bench errors {rep.get('errors_by_status')}")
         wait_until("every event at the sink", lambda: arrived(sink) - a0 >= rep["messages"], 60)
         lat = json.loads(http(f"http://{sink.admin}/latency"))
         return {
@@ -194,31 +198,40 @@ def delivery(r: Runner, path, size, connections, streams, interval, warm, second
         _stop(proxy, sink)
 
 
-def idle(r: Runner, n: int, timeout: float) -> dict:
-    """satmesh's RSS before and after `n` idle agent connections (HTTP/2 set up, no call)."""
+def idle(r: Runner, n: int, timeout: float, hold: float = 3.0) -> dict:
+    """satmesh's RSS before and while it holds `n` idle agent connections (each made one
+    keepAlive call, as an agent's first heartbeat, then went quiet)."""
     scenario = "idle"
     env = {"SATMESH__SERVER__MAX_CONNECTIONS": "0"}
     sink, proxy, target = _start(r, scenario, "satmesh", 0, env)
     bench = None
     try:
-        time.sleep(0.5)
+        # Warm up first (runtime workers, the upstream connection, the first batch), so
+        # the difference is the connections' alone.
+        warm = r.bench_background(scenario, ["--idle", "50", "--target", target, "--duration", "0s"])
+        if warm.wait(timeout=60) != 0:
+            raise RuntimeError(f"bench --idle 50 exited {warm.returncode}")
+        time.sleep(1.0)
         rss0 = proxy.rss_kib()
         t0 = time.monotonic()
         bench = r.bench_background(
-            scenario, ["--idle", str(n), "--target", target, "--duration", _ms(timeout + 60)]
+            scenario, ["--idle", str(n), "--target", target, "--duration", _ms(hold), "--json"]
         )
 
         def held():
             if bench.poll() is not None:
-                raise RuntimeError(f"bench --idle exited {bench.returncode}")
+                raise RuntimeError(f"bench --idle exited {bench.returncode} before holding {n}")
             return (metric(proxy.admin, "satmesh_agent_connections") or 0) >= n
 
-        wait_until(f"{n} connections held by satmesh", held, timeout, every=0.2)
+        wait_until(f"{n} connections held by satmesh", held, timeout, every=0.1)
         ramp = time.monotonic() - t0
-        time.sleep(1.0)  # every handshake finished, buffers allocated
+        time.sleep(1.0)  # every handshake and call finished
         rss1 = proxy.rss_kib()
         held_now = metric(proxy.admin, "satmesh_agent_connections")
         bench_rss = status_kib(bench.pid, "VmRSS")
+        if bench.wait(timeout=hold + 30) != 0:
+            raise RuntimeError(f"bench --idle exited {bench.returncode}")
+        report = json.loads(open(bench.args_out).read().strip().splitlines()[-1])
         return {
             "connections": n,
             "held": held_now,
@@ -228,6 +241,7 @@ def idle(r: Runner, n: int, timeout: float) -> dict:
             "peak_rss_kib": proxy.peak_rss_kib(),
             "kib_per_connection": (rss1 - rss0) / n,
             "bench_rss_kib": bench_rss,
+            "bench_report": report,
         }
     finally:
         if bench is not None and bench.poll() is None:

@@ -2,7 +2,8 @@
 //! pick-first does for `ipv4:a:p,b:p,c:p` or a DNS name with several records: the first
 //! address whose server starts HTTP/2 wins. A peer that turns connections away closes
 //! them before the HTTP/2 handshake, so the dialer waits for the server's first bytes (its
-//! SETTINGS frame) before settling, then replays them to the HTTP/2 client.
+//! SETTINGS frame) before settling, then replays them to the HTTP/2 client. A single
+//! address is used as it connects.
 
 use std::io;
 use std::net::SocketAddr;
@@ -70,6 +71,14 @@ pub async fn first_accepting(
             }
         };
         stream.set_nodelay(true)?;
+        if addrs.len() == 1 {
+            // Nowhere else to go, so nothing to wait for: and a server that speaks only
+            // after the client's preface (nginx) would never settle.
+            return Ok(TokioIo::new(Rewind {
+                prefix: Bytes::new(),
+                inner: stream,
+            }));
+        }
         let mut first = vec![0u8; 64];
         match tokio::time::timeout(settle, stream.read(&mut first)).await {
             Ok(Ok(n)) if n > 0 => {
