@@ -6,6 +6,8 @@
 #
 #   bench/idle.sh [N] [HOLD_SECONDS]
 # BIN=path/to/satmesh uses a given build instead of building target/release/satmesh.
+# SETTLE=S reads the held figure S seconds (default 1) after the last connection is set
+# up; keep it below HOLD_SECONDS.
 # Extra SATMESH__ variables reach the peer (e.g. SATMESH__SERVER__READ_BUFFER_BYTES).
 set -euo pipefail
 N=${1:-1000}; HOLD=${2:-4}
@@ -37,7 +39,7 @@ r0=$(rss)
 $BIN bench --target "$PEER_GRPC" --idle "$N" --duration "${HOLD}s" --json >"$work/idle.json" 2>"$work/idle.err" &
 BENCH=$!
 until grep -q "idle: set up" "$work/idle.err" 2>/dev/null; do sleep 0.1; done
-sleep 1
+sleep "${SETTLE:-1}"
 r1=$(rss); open=$(conns)
 wait $BENCH
 sleep 1

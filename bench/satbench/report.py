@@ -299,6 +299,12 @@ def write(doc: dict, out_dir: str, raw: str) -> str:
         "",
     ]
     lines += targets.section(doc)
+    # The profile behind a missed target is written by hand (bench/analysis.md): it
+    # explains figures, so it is kept next to them but not generated.
+    analysis = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "analysis.md")
+    if not smoke and os.path.exists(analysis):
+        with open(analysis) as f:
+            lines += [f.read().rstrip(), ""]
     lines += ["## How to run", "", "```sh",
               "bench/run.sh                 # full run, about 5 minutes: docs/BENCHMARKS.md, target/bench/",
               "bench/run.sh --smoke --out /tmp/b   # seconds: what CI runs (tests/bench_smoke.rs)",

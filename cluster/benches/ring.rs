@@ -42,6 +42,7 @@ fn lookup(c: &mut Criterion) {
         .sample_size(40)
         .warm_up_time(Duration::from_millis(500))
         .measurement_time(Duration::from_secs(2))
+        .nresamples(10_000)
         .throughput(Throughput::Elements(1));
     for n in [3, 10] {
         let shared = SharedRing::new(Ring::new(&nodes(n)));

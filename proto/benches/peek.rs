@@ -243,6 +243,7 @@ fn peek(c: &mut Criterion) {
         .sample_size(40)
         .warm_up_time(Duration::from_millis(500))
         .measurement_time(Duration::from_secs(2))
+        .nresamples(10_000)
         .throughput(Throughput::Elements(1));
     group.bench_function(format!("segment_{}B", segment.len()), |b| {
         b.iter(|| peek_key(black_box(&segment), SEGMENT_OBJECT).map(|k| k.instance.len()))
