@@ -109,8 +109,10 @@ async fn two_thousand_idle_connections_are_all_served_and_held() {
         "an idle connection costs the peer {per_connection:.1} KiB"
     );
 
-    // Every heartbeat reached the OAP, at least once (delivery is at-least-once: a batch
-    // whose upstream connection failed part-way is sent again whole).
+    // Every heartbeat reached the OAP exactly once. 2,050 keepAlives at once go upstream
+    // as concurrent unary calls on one connection; their answers once piled up past
+    // h2's small-DATA-frame allowance, satmesh's client sent the OAP a GOAWAY
+    // (ENHANCE_YOUR_CALM) and re-sent calls that had arrived: 10-35 % duplicates.
     let sent = (CONNECTIONS + 50) as u64;
     let counts = common::wait_for(&sink, Duration::from_secs(10), |c| {
         common::method_count(c, KEEP_ALIVE_PATH, "messages") >= sent
@@ -118,7 +120,7 @@ async fn two_thousand_idle_connections_are_all_served_and_held() {
     .await;
     let arrived = common::method_count(&counts, KEEP_ALIVE_PATH, "messages");
     eprintln!("keepAlive messages: {sent} sent, {arrived} arrived at the sink");
-    assert!(arrived >= sent, "{arrived} of {sent} heartbeats arrived");
+    assert_eq!(arrived, sent, "heartbeats arrived at the sink");
 
     stop.cancel();
     let report = run.await.expect("idle run");

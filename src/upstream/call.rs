@@ -128,6 +128,11 @@ pub async fn unary(
     payload: Bytes,
     timeout: Duration,
 ) -> Result<Bytes, CallError> {
+    let _slot = node
+        .unary_slots
+        .acquire()
+        .await
+        .map_err(|_| CallError::NotConnected)?;
     let mut client = node.client()?;
     client.ready().await.map_err(|_| CallError::NotConnected)?;
     let call = client.unary(

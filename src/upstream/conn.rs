@@ -34,6 +34,10 @@ impl tower::Service<http::Request<tonic::body::Body>> for H2Service {
     }
 }
 
+/// HTTP/2 receive windows of an upstream connection (see `connect`).
+const UPSTREAM_CONNECTION_WINDOW: u32 = 2 * 1024 * 1024;
+const UPSTREAM_STREAM_WINDOW: u32 = 1024 * 1024;
+
 /// Connection settings shared by every node.
 #[derive(Clone, Debug)]
 pub struct ConnectSettings {
@@ -60,9 +64,16 @@ async fn connect(
     let attempt = async {
         let stream = TcpStream::connect(addr).await?;
         stream.set_nodelay(true)?;
+        // What comes back from an OAP is answers: many small DATA frames when unary calls
+        // run concurrently. h2 (0.4.20) allows unread small frames up to half the
+        // connection window and then sends GOAWAY ENHANCE_YOUR_CALM ("too_many_data_frames")
+        // to the OAP; with the default 64 KiB window (where an adaptive window starts) that
+        // was ~130 answers, and every call that raced the GOAWAY after reaching the OAP was
+        // sent again (duplicates). A fixed 2 MiB window allows ~4,000.
         let (sender, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
             .timer(TokioTimer::new())
-            .adaptive_window(true)
+            .initial_connection_window_size(UPSTREAM_CONNECTION_WINDOW)
+            .initial_stream_window_size(UPSTREAM_STREAM_WINDOW)
             .keep_alive_interval(Duration::from_secs(20))
             .keep_alive_timeout(Duration::from_secs(10))
             .keep_alive_while_idle(true)

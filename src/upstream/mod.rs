@@ -57,7 +57,15 @@ pub struct Node {
     /// Asks the connection manager for a fresh connection (the current one is going away).
     reconnect: tokio::sync::Notify,
     origin: http::Uri,
+    /// Unary calls in flight on this node at once (`UNARY_SLOTS`).
+    pub(crate) unary_slots: tokio::sync::Semaphore,
 }
+
+/// Unary calls one node's connection carries at once. A batch of a unary path (keepAlive,
+/// JVM metrics, ...) goes as one call per event; without a cap, many batches in flight
+/// put thousands of small calls on one connection at once, and their answers pile up
+/// unread (see `conn::connect` for what HTTP/2 then does).
+pub const UNARY_SLOTS: usize = 256;
 
 impl Node {
     fn new(
@@ -81,6 +89,7 @@ impl Node {
             origin: format!("http://{addr}")
                 .parse()
                 .expect("a socket address is a valid authority"),
+            unary_slots: tokio::sync::Semaphore::new(UNARY_SLOTS),
         }
     }
 
