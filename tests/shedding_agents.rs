@@ -148,7 +148,11 @@ async fn start_agent(
     let task = tokio::spawn(async move {
         let run = run_agent(&name, &mut cmd, Duration::from_secs(150)).await;
         let (summary, output) = (run.summary, run.output);
-        let lost = if kind == Kind::Python { "lost" } else { "dropped" };
+        let lost = if kind == Kind::Python {
+            "lost"
+        } else {
+            "dropped"
+        };
         assert!(
             summary[lost].as_object().unwrap().values().all(|v| v == 0),
             "{name} lost items itself: {summary}\n{output}"
@@ -168,7 +172,12 @@ fn with_hosts(cmd: &Command, hosts: &Path) -> Command {
     let std = cmd.as_std();
     let mut wrapped = Command::new("unshare");
     wrapped
-        .args(["-m", "sh", "-c", "mount --bind \"$0\" /etc/hosts && exec \"$@\""])
+        .args([
+            "-m",
+            "sh",
+            "-c",
+            "mount --bind \"$0\" /etc/hosts && exec \"$@\"",
+        ])
         .arg(hosts)
         .arg(std.get_program())
         .args(std.get_args());
