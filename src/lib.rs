@@ -28,6 +28,7 @@ pub mod codec;
 pub mod config;
 pub mod demo;
 pub mod frontdoor;
+pub mod http1;
 pub mod load;
 pub mod metrics;
 pub mod peer;

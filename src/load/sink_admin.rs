@@ -4,14 +4,10 @@
 
 use std::time::Duration;
 
-use bytes::Bytes;
-use http_body_util::{BodyExt, Empty, Limited};
-use hyper::header::HOST;
 use hyper::{Method, StatusCode};
-use hyper_util::rt::TokioIo;
-use tokio::net::TcpStream;
 
 use super::latency::LatencySummary;
+use crate::http1::RequestError;
 
 /// How long one admin request may take, connection included.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
@@ -58,37 +54,18 @@ async fn request(
     method: Method,
     path: &'static str,
 ) -> Result<LatencySummary, SinkAdminError> {
-    let http = |source: Box<dyn std::error::Error + Send + Sync>| SinkAdminError::Http {
-        addr: addr.to_owned(),
-        source,
-    };
-    let stream = TcpStream::connect(addr)
+    let (status, body) = crate::http1::request(addr, method, path, None, MAX_BODY_BYTES)
         .await
-        .map_err(|source| SinkAdminError::Connect {
-            addr: addr.to_owned(),
-            source,
+        .map_err(|e| match e {
+            RequestError::Connect(source) => SinkAdminError::Connect {
+                addr: addr.to_owned(),
+                source,
+            },
+            RequestError::Http(source) => SinkAdminError::Http {
+                addr: addr.to_owned(),
+                source,
+            },
         })?;
-    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-        .await
-        .map_err(|e| http(e.into()))?;
-    let connection = tokio::spawn(connection);
-    let request = hyper::Request::builder()
-        .method(method)
-        .uri(path)
-        .header(HOST, addr)
-        .body(Empty::<Bytes>::new())
-        .map_err(|e| http(e.into()))?;
-    let response = sender
-        .send_request(request)
-        .await
-        .map_err(|e| http(e.into()))?;
-    let status = response.status();
-    let body = Limited::new(response.into_body(), MAX_BODY_BYTES)
-        .collect()
-        .await
-        .map_err(http)?
-        .to_bytes();
-    connection.abort();
     if !status.is_success() {
         return Err(SinkAdminError::Status {
             addr: addr.to_owned(),

@@ -4,12 +4,9 @@
 use std::time::Duration;
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Empty, Limited};
-use hyper::header::{ACCEPT, HOST};
-use hyper_util::rt::TokioIo;
-use tokio::net::TcpStream;
 
 use super::doc::{ShedStatus, StatusDoc};
+use crate::http1::RequestError;
 
 /// How long `satmesh status` waits for a peer, connection included.
 pub const FETCH_TIMEOUT: Duration = Duration::from_secs(5);
@@ -85,36 +82,24 @@ fn parse_admin(admin: &str) -> Result<String, FetchError> {
 
 /// The body of `GET /status` (JSON asked for), over one HTTP/1.1 connection.
 async fn get_status(addr: &str) -> Result<Bytes, FetchError> {
-    let http = |source: Box<dyn std::error::Error + Send + Sync>| FetchError::Http {
-        addr: addr.to_owned(),
-        source,
-    };
-    let stream = TcpStream::connect(addr)
-        .await
-        .map_err(|source| FetchError::Connect {
+    let (status, body) = crate::http1::request(
+        addr,
+        hyper::Method::GET,
+        "/status",
+        Some("application/json"),
+        MAX_BODY_BYTES,
+    )
+    .await
+    .map_err(|e| match e {
+        RequestError::Connect(source) => FetchError::Connect {
             addr: addr.to_owned(),
             source,
-        })?;
-    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-        .await
-        .map_err(|e| http(e.into()))?;
-    let connection = tokio::spawn(connection);
-    let request = hyper::Request::get("/status")
-        .header(HOST, addr)
-        .header(ACCEPT, "application/json")
-        .body(Empty::<Bytes>::new())
-        .map_err(|e| http(e.into()))?;
-    let response = sender
-        .send_request(request)
-        .await
-        .map_err(|e| http(e.into()))?;
-    let status = response.status();
-    let body = Limited::new(response.into_body(), MAX_BODY_BYTES)
-        .collect()
-        .await
-        .map_err(http)?
-        .to_bytes();
-    connection.abort();
+        },
+        RequestError::Http(source) => FetchError::Http {
+            addr: addr.to_owned(),
+            source,
+        },
+    })?;
     if !status.is_success() {
         return Err(FetchError::Status {
             addr: addr.to_owned(),
