@@ -3,6 +3,7 @@ use prost::Message;
 use super::*;
 
 use crate::load::SegmentObject;
+use crate::selfreport::{MeterData, MeterDataCollection, MeterSingleValue};
 
 /// `SegmentCollection`: segments=1.
 #[derive(Clone, PartialEq, Message)]
@@ -26,35 +27,6 @@ struct LogData {
     body: Vec<u8>,
 }
 
-/// `MeterSingleValue`: name=1, labels=2, value=3.
-#[derive(Clone, PartialEq, Message)]
-struct MeterSingleValue {
-    #[prost(string, tag = "1")]
-    name: String,
-    #[prost(double, tag = "3")]
-    value: f64,
-}
-
-/// `MeterData`: singleValue=1, service=3, serviceInstance=4, timestamp=5.
-#[derive(Clone, PartialEq, Message)]
-struct MeterData {
-    #[prost(message, optional, tag = "1")]
-    single_value: Option<MeterSingleValue>,
-    #[prost(string, tag = "3")]
-    service: String,
-    #[prost(string, tag = "4")]
-    service_instance: String,
-    #[prost(int64, tag = "5")]
-    timestamp: i64,
-}
-
-/// `MeterDataCollection`: meterData=1.
-#[derive(Clone, PartialEq, Message)]
-struct MeterDataCollection {
-    #[prost(message, repeated, tag = "1")]
-    meter_data: Vec<MeterData>,
-}
-
 fn segment(service: &str, instance: &str) -> SegmentObject {
     crate::load::segment::shaped(service, instance, 300, 1_760_000_000_000)
 }
@@ -73,6 +45,7 @@ fn meter(service: &str, instance: &str) -> MeterData {
     MeterData {
         single_value: Some(MeterSingleValue {
             name: "cpu".into(),
+            labels: vec![],
             value: 0.5,
         }),
         service: service.into(),
