@@ -111,25 +111,21 @@ impl ClusterView {
     }
 }
 
+/// Views for the crate's tests: peers numbered `n`, named `peer-{n}`, gossiping from
+/// 10.1.0.n:7946; peer 1 is this one.
 #[cfg(test)]
-mod tests {
+pub(crate) mod testing {
     use super::*;
 
-    fn peer(n: u8, state: PeerState, live: bool, connections: u64, digest: u64) -> Peer {
+    /// Peer `n`, live or not, with `facts`; heartbeat 1, seen just now.
+    pub(crate) fn peer(n: u8, live: bool, facts: PeerFacts) -> Peer {
         Peer {
             id: PeerId {
                 node_id: format!("peer-{n}"),
                 generation: 1,
             },
             gossip_addr: ([10, 1, 0, n], 7946).into(),
-            facts: PeerFacts {
-                state,
-                connections,
-                connection_limit: 100,
-                events_per_sec: 10.0,
-                ring_digest: digest,
-                ..PeerFacts::default()
-            },
+            facts,
             live,
             heartbeat: 1,
             last_seen_ms_ago: 0,
@@ -137,11 +133,30 @@ mod tests {
         }
     }
 
-    fn view(peers: Vec<Peer>) -> ClusterView {
+    /// The tier as its first peer sees it.
+    pub(crate) fn view(peers: Vec<Peer>) -> ClusterView {
         ClusterView {
             self_id: peers[0].id.clone(),
             peers,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::testing::view;
+    use super::*;
+
+    fn peer(n: u8, state: PeerState, live: bool, connections: u64, digest: u64) -> Peer {
+        let facts = PeerFacts {
+            state,
+            connections,
+            connection_limit: 100,
+            events_per_sec: 10.0,
+            ring_digest: digest,
+            ..PeerFacts::default()
+        };
+        super::testing::peer(n, live, facts)
     }
 
     #[test]

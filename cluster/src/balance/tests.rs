@@ -7,6 +7,7 @@ use rand::{RngExt, SeedableRng};
 use super::*;
 use crate::facts::{PeerFacts, PeerId, PeerState};
 use crate::view::Peer;
+use crate::view::testing::view;
 
 fn peer(i: usize, connections: u64, ready: bool, live: bool, seen_ms: u64) -> Peer {
     Peer {
@@ -29,13 +30,6 @@ fn peer(i: usize, connections: u64, ready: bool, live: bool, seen_ms: u64) -> Pe
         heartbeat: 1,
         last_seen_ms_ago: seen_ms,
         is_self: i == 0,
-    }
-}
-
-fn view(peers: Vec<Peer>) -> ClusterView {
-    ClusterView {
-        self_id: peers[0].id.clone(),
-        peers,
     }
 }
 

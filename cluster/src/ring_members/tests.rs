@@ -4,34 +4,18 @@ use std::time::{Duration, Instant};
 use proptest::prelude::*;
 
 use super::*;
-use crate::facts::{PeerFacts, PeerId, PeerState};
-use crate::view::{ClusterView, Peer};
+use crate::facts::{PeerFacts, PeerState};
+use crate::view::Peer;
+use crate::view::testing::view;
 
 fn peer(n: u16, state: PeerState, live: bool, health: &[(&str, bool)]) -> Peer {
-    Peer {
-        id: PeerId {
-            node_id: format!("peer-{n}"),
-            generation: 1,
-        },
-        gossip_addr: ([10, 1, 0, n as u8], 7946).into(),
-        facts: PeerFacts {
-            grpc_addr: format!("10.1.0.{n}:11800"),
-            state,
-            oap_health: health.iter().map(|(k, v)| (k.to_string(), *v)).collect(),
-            ..PeerFacts::default()
-        },
-        live,
-        heartbeat: 1,
-        last_seen_ms_ago: 0,
-        is_self: n == 1,
-    }
-}
-
-fn view(peers: Vec<Peer>) -> ClusterView {
-    ClusterView {
-        self_id: peers[0].id.clone(),
-        peers,
-    }
+    let facts = PeerFacts {
+        grpc_addr: format!("10.1.0.{n}:11800"),
+        state,
+        oap_health: health.iter().map(|(k, v)| (k.to_string(), *v)).collect(),
+        ..PeerFacts::default()
+    };
+    crate::view::testing::peer(n as u8, live, facts)
 }
 
 const A: &str = "10.2.0.1:11800";
