@@ -11,7 +11,8 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use satmesh::load::idle::{self, IdleProgress, IdleSpec, KEEP_ALIVE_PATH};
+use satmesh::load::KEEPALIVE_PATH;
+use satmesh::load::idle::{self, IdleProgress, IdleSpec};
 use tokio_util::sync::CancellationToken;
 
 const CONNECTIONS: usize = 2000;
@@ -115,10 +116,10 @@ async fn two_thousand_idle_connections_are_all_served_and_held() {
     // (ENHANCE_YOUR_CALM) and re-sent calls that had arrived: 10-35 % duplicates.
     let sent = (CONNECTIONS + 50) as u64;
     let counts = common::wait_for(&sink, Duration::from_secs(10), |c| {
-        common::method_count(c, KEEP_ALIVE_PATH, "messages") >= sent
+        common::method_count(c, KEEPALIVE_PATH, "messages") >= sent
     })
     .await;
-    let arrived = common::method_count(&counts, KEEP_ALIVE_PATH, "messages");
+    let arrived = common::method_count(&counts, KEEPALIVE_PATH, "messages");
     eprintln!("keepAlive messages: {sent} sent, {arrived} arrived at the sink");
     assert_eq!(arrived, sent, "heartbeats arrived at the sink");
 

@@ -18,13 +18,11 @@ use std::time::{Duration, Instant};
 use bytes::{BufMut, Bytes, BytesMut};
 use http_body_util::{BodyExt, Full};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use prost::Message;
 use tokio::net::TcpStream;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
-/// The heartbeat every agent sends: cheap, and served on the async path.
-pub const KEEP_ALIVE_PATH: &str = "/skywalking.v3.ManagementService/keepAlive";
+use super::KEEPALIVE_PATH;
 
 /// Connections set up at once: enough to open 10,000 in a few seconds on loopback,
 /// few enough not to overflow the peer's accept backlog.
@@ -32,15 +30,6 @@ const CONNECT_CONCURRENCY: usize = 128;
 
 /// Time for one connection's TCP connect, HTTP/2 handshake and call.
 const SETUP_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// `InstancePingPkg` with the published field numbers.
-#[derive(Clone, PartialEq, Message)]
-struct InstancePingPkg {
-    #[prost(string, tag = "1")]
-    service: String,
-    #[prost(string, tag = "2")]
-    service_instance: String,
-}
 
 #[derive(Clone, Debug)]
 pub struct IdleSpec {
@@ -101,11 +90,9 @@ pub async fn run(
             release.clone(),
         );
         let call = spec.call.then(|| {
-            let ping = InstancePingPkg {
-                service: format!("idle-svc-{}", i % 16),
-                service_instance: format!("idle-inst-{i}"),
-            };
-            grpc_frame(&ping.encode_to_vec())
+            let ping =
+                super::meter::ping(&format!("idle-svc-{}", i % 16), &format!("idle-inst-{i}"));
+            grpc_frame(&ping)
         });
         let target = spec.target;
         tasks.spawn(async move {
@@ -209,7 +196,7 @@ async fn set_up(target: SocketAddr, call: Option<Bytes>) -> Result<Held, SetupEr
     };
     let exchange = async {
         send.ready().await.map_err(|_| "call")?;
-        let request = http::Request::post(format!("http://{target}{KEEP_ALIVE_PATH}"))
+        let request = http::Request::post(format!("http://{target}{KEEPALIVE_PATH}"))
             .header("content-type", "application/grpc")
             .header("te", "trailers")
             .body(Full::new(body))
@@ -332,14 +319,5 @@ mod tests {
     #[test]
     fn grpc_frame_is_length_prefixed() {
         assert_eq!(&grpc_frame(b"ab")[..], b"\0\0\0\0\x02ab");
-    }
-
-    #[test]
-    fn ping_uses_the_published_field_numbers() {
-        let ping = InstancePingPkg {
-            service: "s".into(),
-            service_instance: "i".into(),
-        };
-        assert_eq!(ping.encode_to_vec(), b"\x0a\x01s\x12\x01i");
     }
 }
