@@ -108,17 +108,19 @@ where
         };
         let now = Instant::now();
         counted.add(payload.len(), now);
-        if (fixed || identify) && key.is_none() {
+        if fixed && key.is_none() {
             // A call routes by its first message's service and instance.
             key = key_of(payload_kind, &payload);
         }
         if identify {
             identify = false;
-            if let Some(k) = &key {
-                conn.identify(k);
-            }
-            if !fixed {
-                key = None;
+            let agent = if fixed {
+                key.clone()
+            } else {
+                key_of(payload_kind, &payload)
+            };
+            if let Some(agent) = agent {
+                conn.identify(&agent);
             }
         }
         let event = Event {
