@@ -309,32 +309,28 @@ impl Connections {
 
     /// The verdict on a new connection from `peer`; counts a turn-away.
     pub(crate) fn admit(&self, peer: SocketAddr) -> Admit {
-        let open = self.len();
-        let arrival = Arrival {
-            peer,
-            open,
-            serving: self.serving(),
-            limit: self.inner.settings.max_connections,
-        };
-        let policy = self.policy();
-        let verdict = admission::decide(&arrival, policy.as_deref());
+        let verdict = self.verdict(peer);
         if let Admit::TurnAway(why) = verdict {
             self.count_turned_away(why);
-            debug!(%peer, open, reason = why.label(), "connection turned away");
+            debug!(%peer, open = self.len(), reason = why.label(), "connection turned away");
         }
         verdict
     }
 
     /// Whether a connection arriving now would be served (nothing counted).
     pub(crate) fn would_admit(&self) -> bool {
+        self.verdict(SocketAddr::from(([0, 0, 0, 0], 0))) == Admit::Serve
+    }
+
+    /// The limit, then the admission policy, on a connection from `peer` arriving now.
+    fn verdict(&self, peer: SocketAddr) -> Admit {
         let arrival = Arrival {
-            peer: SocketAddr::from(([0, 0, 0, 0], 0)),
+            peer,
             open: self.len(),
             serving: self.serving(),
             limit: self.inner.settings.max_connections,
         };
-        let policy = self.policy();
-        admission::decide(&arrival, policy.as_deref()) == Admit::Serve
+        admission::decide(&arrival, self.policy().as_deref())
     }
 
     fn policy(&self) -> Option<Arc<dyn Admission>> {
