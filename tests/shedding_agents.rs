@@ -25,8 +25,6 @@ use tokio::process::Command;
 
 const NAME: &str = "tier.satmesh.test";
 const PYTHON_AGENTS: usize = 6;
-const RUST_AGENTS: usize = 6;
-const AGENTS: usize = PYTHON_AGENTS + RUST_AGENTS;
 /// Each agent reports for about 50 s: connected through the whole rebalancing.
 const SEGMENTS: u64 = 300;
 const RATE: &str = "6";
@@ -192,6 +190,14 @@ fn with_hosts(cmd: &Command, hosts: &Path) -> Command {
 
 /// One peer with every agent, then three; returns the measured figures.
 async fn scale_out(dial: Dial) -> String {
+    // Behind a VIP a shed agent lands on a random peer, a third of the time the one it
+    // left, so the moves are random (about 1.5x the minimum): with 12 agents, twice the
+    // minimum was overrun now and then; 30 keep it a few standard deviations away.
+    let rust_agents = match dial {
+        Dial::Name => 6,
+        Dial::VirtualIp => 24,
+    };
+    let count = PYTHON_AGENTS + rust_agents;
     let tier = TierAddrs::new();
     let sinks = [sink(&[]).await, sink(&[]).await];
     let oaps: Vec<SocketAddr> = sinks.iter().map(|s| s.grpc).collect();
@@ -205,7 +211,7 @@ async fn scale_out(dial: Dial) -> String {
     };
 
     let mut agents = Vec::new();
-    for n in 0..AGENTS {
+    for n in 0..count {
         let kind = if n < PYTHON_AGENTS {
             Kind::Python
         } else {
@@ -214,7 +220,7 @@ async fn scale_out(dial: Dial) -> String {
         agents.push((kind, start_agent(kind, n, &collector, hosts).await));
     }
     let deadline = Instant::now() + Duration::from_secs(30);
-    while peers[0].metric("satmesh_agent_connections").await < AGENTS as f64 {
+    while peers[0].metric("satmesh_agent_connections").await < count as f64 {
         assert!(
             Instant::now() < deadline,
             "the agents never all connected to the first peer"
@@ -228,11 +234,11 @@ async fn scale_out(dial: Dial) -> String {
         peers.push(peer);
     }
     let started = Instant::now();
-    let mean = AGENTS as f64 / 3.0;
+    let mean = count as f64 / 3.0;
     let (balanced, counts) = loop {
         let counts = serving(&peers).await;
         let max = counts.iter().cloned().fold(0.0, f64::max);
-        if max / mean <= 1.25 && counts.iter().sum::<f64>() == AGENTS as f64 {
+        if max / mean <= 1.25 && counts.iter().sum::<f64>() == count as f64 {
             break (started.elapsed(), counts);
         }
         assert!(
@@ -262,7 +268,7 @@ async fn scale_out(dial: Dial) -> String {
         moves,
         "peers shed again after the tier settled"
     );
-    let min_moves = AGENTS as f64 - mean.ceil();
+    let min_moves = count as f64 - mean.ceil();
     assert!(
         moves <= 2.0 * min_moves,
         "{moves} moves, minimum {min_moves}"
@@ -292,7 +298,7 @@ async fn scale_out(dial: Dial) -> String {
         assert!(p.terminate(Duration::from_secs(40)).await.success());
     }
     format!(
-        "{PYTHON_AGENTS} Python + {RUST_AGENTS} Rust agents: balanced (max/mean <= 1.25, {counts:?}) {:.1} s after scale-out, settled by {:.1} s, {moves} moves (minimum {min_moves}), {returned} came back, listener closed {closings} times, {reported} items reported, 0 lost",
+        "{PYTHON_AGENTS} Python + {rust_agents} Rust agents: balanced (max/mean <= 1.25, {counts:?}) {:.1} s after scale-out, settled by {:.1} s, {moves} moves (minimum {min_moves}), {returned} came back, listener closed {closings} times, {reported} items reported, 0 lost",
         balanced.as_secs_f64(),
         settled.as_secs_f64()
     )
