@@ -73,6 +73,8 @@ pub struct FrontDoorMetrics {
     /// Client-streams of draining connections that satmesh ended with OK between two
     /// messages (instead of waiting for the agent to end them).
     pub streams_ended: IntCounter,
+    /// Messages that arrived on such a stream after its OK, and were queued all the same.
+    pub after_stream_end: IntCounter,
 }
 
 /// Handles for one method's protocol label.
@@ -276,6 +278,11 @@ impl Metrics {
                     &r,
                     "satmesh_streams_ended_on_drain_total",
                     "Client-streams of draining connections ended by satmesh with OK between two messages",
+                ),
+                after_stream_end: counter(
+                    &r,
+                    "satmesh_messages_after_stream_end_total",
+                    "Messages that arrived on a stream after satmesh ended it with OK (sent before the agent saw the OK), queued like any other",
                 ),
             },
             refused: counter_vec(

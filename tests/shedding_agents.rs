@@ -275,6 +275,7 @@ async fn scale_out(dial: Dial) -> String {
     );
     let returned = sum(&peers, "satmesh_connections_returned_total").await;
     let closings = sum(&peers, "satmesh_listener_closed_total").await;
+    let ended = sum(&peers, "satmesh_streams_ended_on_drain_total").await;
 
     // Zero loss: what each agent reported arrived, split over the two sinks.
     let mut reported = 0;
@@ -294,11 +295,13 @@ async fn scale_out(dial: Dial) -> String {
             assert_eq!(got, want, "{signal} of {instance} ({kind:?}) at the sinks");
         }
     }
+    // Read after the agents finished: what arrived on streams satmesh had already ended.
+    let after_end = sum(&peers, "satmesh_messages_after_stream_end_total").await;
     for p in &mut peers {
         assert!(p.terminate(Duration::from_secs(40)).await.success());
     }
     format!(
-        "{PYTHON_AGENTS} Python + {rust_agents} Rust agents: balanced (max/mean <= 1.25, {counts:?}) {:.1} s after scale-out, settled by {:.1} s, {moves} moves (minimum {min_moves}), {returned} came back, listener closed {closings} times, {reported} items reported, 0 lost",
+        "{PYTHON_AGENTS} Python + {rust_agents} Rust agents: balanced (max/mean <= 1.25, {counts:?}) {:.1} s after scale-out, settled by {:.1} s, {moves} moves (minimum {min_moves}), {returned} came back, listener closed {closings} times, {ended} streams ended by satmesh ({after_end} messages read after their OK), {reported} items reported, 0 lost",
         balanced.as_secs_f64(),
         settled.as_secs_f64()
     )

@@ -10,7 +10,8 @@
 //!   GOAWAY(last stream) once the PING is answered) and the connection is still polled, so
 //!   the streams already open finish. Async client-streams still open after a while are
 //!   ended by satmesh with OK at a quiet moment between two messages ([`stream_end`]), so
-//!   agents that hold a stream open for 30 s (the Rust agent) move without losing anything.
+//!   agents that hold a stream open for 30 s (the Rust agent) move without losing anything;
+//!   an ended stream is still read until the agent ends it (see `receive`).
 //!   At `hard_close_at` (drain start + the reason's grace) the connection is closed.
 //! - **Closed**: the connection's task has ended; it left the registry.
 //!

@@ -6,14 +6,20 @@
 //! quiet moment between two messages (`ConnInfo::stream_may_end`), once everything
 //! received was queued; the agent opens its next stream on a new connection.
 //!
+//! Ending a stream answers it; it does not stop reading it. The agent may have sent more
+//! before it saw the OK (about one round trip), and a hyper client (the Rust agent) keeps
+//! feeding its old request body after a complete response until the server resets the
+//! stream, so resetting it would drop a message the agent already handed over. The ended
+//! stream is handed to [`keep_reading`], which queues whatever still arrives on it until
+//! the agent ends or resets it, or the connection closes (its hard close at the latest).
+//! No RST_STREAM is sent while anything could still be on its way.
+//!
 //! Cancel-safety: the message stream (`deframe::Deframed`, or tonic's `Streaming` for a
 //! compressed call) keeps a partly received message in its own buffer, and `try_next()`
 //! holds no state of its own, so dropping it between polls loses nothing. The stream is
 //! ended only when `try_next()` is pending *and* the framing tracker says every byte
 //! received forms whole messages (the stream's buffer is then empty), after one last
-//! non-blocking poll for a message that arrived meanwhile. What the agent sends after
-//! that instant, before it sees the OK (about one network round trip), is not read: the
-//! quiet period makes that unlikely for bursty senders, not impossible.
+//! non-blocking poll for a message that arrived meanwhile.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -21,12 +27,13 @@ use std::time::Instant;
 use bytes::Bytes;
 use futures_util::{FutureExt, Stream, TryStreamExt};
 use tonic::{Request, Response, Status, Streaming};
+use tracing::debug;
 
 use super::stream::StreamProgress;
 use super::{ConnInfo, State, refuse};
 use crate::config::RoutePolicy;
 use crate::pipeline::{Event, key_of};
-use crate::protocol::MethodId;
+use crate::protocol::{MethodId, Payload};
 
 /// Through tonic (a compressed call): its decoder, and its response.
 pub async fn receive_tonic(
@@ -45,8 +52,9 @@ pub async fn receive_tonic(
     Ok(Response::new(Bytes::new()))
 }
 
-/// Queues every message of `stream`; Ok once all are queued. `auth` is the call's
-/// `authentication` metadata.
+/// Queues every message of `stream`; Ok once all are queued, or once a draining
+/// connection's stream was ended (its later messages are still queued, see the module).
+/// `auth` is the call's `authentication` metadata.
 pub async fn receive<S>(
     state: Arc<State>,
     conn: Arc<ConnInfo>,
@@ -56,19 +64,10 @@ pub async fn receive<S>(
     mut stream: S,
 ) -> Result<(), Status>
 where
-    S: Stream<Item = Result<Bytes, Status>> + Unpin,
+    S: Stream<Item = Result<Bytes, Status>> + Unpin + Send + 'static,
 {
+    let mut intake = Intake::new(&state, &conn, method, auth);
     let mut counted = Counted::new(state.metrics.method(method));
-    // Batches group by token, so the OAP sees each agent's own; none when one is configured.
-    let auth = match state.token {
-        Some(_) => None,
-        None => auth,
-    };
-    let fixed = state.policies[usize::from(method)] == RoutePolicy::Fixed;
-    let payload_kind = crate::protocol::method(method).payload;
-    let mut key = None;
-    // The first message that names its agent identifies the connection (see `returns`).
-    let mut identify = !conn.is_identified() && payload_kind.key_fields().is_some();
     let where_it_stands = || (progress.last_data(), progress.at_boundary());
     // One waiter for the whole call while serving: no per-message registration.
     let mut draining = std::pin::pin!(conn.drain.clone().cancelled_owned());
@@ -93,7 +92,8 @@ where
                             Some(next) => next,
                             None if progress.at_boundary() => {
                                 state.metrics.front_door.streams_ended.inc();
-                                break;
+                                tokio::spawn(keep_reading(state.clone(), conn.clone(), intake, stream));
+                                return Ok(());
                             }
                             None => continue,
                         }
@@ -103,34 +103,107 @@ where
         };
         let payload = match next {
             Ok(Some(payload)) => payload,
-            Ok(None) => break,
+            Ok(None) => return Ok(()),
             Err(status) => return Err(refuse(&state, status)),
         };
         let now = Instant::now();
         counted.add(payload.len(), now);
-        if fixed && key.is_none() {
-            // A call routes by its first message's service and instance.
-            key = key_of(payload_kind, &payload);
+        intake.queue(&state, &conn, payload, now).await?;
+    }
+}
+
+/// Reads a stream satmesh already answered OK until the agent ends or resets it, or the
+/// connection closes, and queues every message that still arrives (counted in
+/// `satmesh_messages_after_stream_end_total`). Dropping the stream afterwards sends no
+/// reset that could overtake a message.
+async fn keep_reading<S>(state: Arc<State>, conn: Arc<ConnInfo>, mut intake: Intake, mut stream: S)
+where
+    S: Stream<Item = Result<Bytes, Status>> + Unpin,
+{
+    // Still an open stream of the connection for `/connections` and the lifecycle.
+    let _open = conn.stream_opened();
+    let mut counted = Counted::new(state.metrics.method(intake.method));
+    loop {
+        let payload = match stream.try_next().await {
+            Ok(Some(payload)) => payload,
+            Ok(None) => break,
+            Err(status) => {
+                // A reset after the agent saw its OK, or the connection closing.
+                debug!(peer = %conn.peer, %status, "ended stream closed by the agent");
+                break;
+            }
+        };
+        let now = Instant::now();
+        counted.add(payload.len(), now);
+        state.metrics.front_door.after_stream_end.inc();
+        if let Err(status) = intake.queue(&state, &conn, payload, now).await {
+            tracing::warn!(peer = %conn.peer, %status, "a message after the stream's OK could not be queued");
+            break;
         }
-        if identify {
-            identify = false;
-            let agent = if fixed {
-                key.clone()
+    }
+}
+
+/// What one call's messages share on their way into the queue.
+struct Intake {
+    method: MethodId,
+    payload: Payload,
+    /// Batches group by token, so the OAP sees each agent's own; none when satmesh has
+    /// one of its own.
+    auth: Option<Bytes>,
+    fixed: bool,
+    /// The call's routing key (fixed routing): its first message's.
+    key: Option<Bytes>,
+    /// The first message that names its agent identifies the connection (see `returns`).
+    identify: bool,
+}
+
+impl Intake {
+    fn new(state: &State, conn: &ConnInfo, method: MethodId, auth: Option<Bytes>) -> Intake {
+        let payload = crate::protocol::method(method).payload;
+        Intake {
+            method,
+            payload,
+            auth: match state.token {
+                Some(_) => None,
+                None => auth,
+            },
+            fixed: state.policies[usize::from(method)] == RoutePolicy::Fixed,
+            key: None,
+            identify: !conn.is_identified() && payload.key_fields().is_some(),
+        }
+    }
+
+    /// Queues one message; waits for room when the queue is full (the usual case has
+    /// room: no future, no allocation).
+    async fn queue(
+        &mut self,
+        state: &State,
+        conn: &ConnInfo,
+        payload: Bytes,
+        now: Instant,
+    ) -> Result<(), Status> {
+        if self.fixed && self.key.is_none() {
+            // A call routes by its first message's service and instance.
+            self.key = key_of(self.payload, &payload);
+        }
+        if self.identify {
+            self.identify = false;
+            let agent = if self.fixed {
+                self.key.clone()
             } else {
-                key_of(payload_kind, &payload)
+                key_of(self.payload, &payload)
             };
             if let Some(agent) = agent {
                 conn.identify(&agent);
             }
         }
         let event = Event {
-            method,
-            auth: auth.clone(),
+            method: self.method,
+            auth: self.auth.clone(),
             payload,
             enqueued: now,
-            key: key.clone(),
+            key: self.key.clone(),
         };
-        // Room now (the usual case): no future, no allocation; else wait for it.
         if let Err(event) = state.queue.try_push(event) {
             state
                 .queue
@@ -138,8 +211,8 @@ where
                 .await
                 .map_err(|_| Status::unavailable("satmesh is shutting down"))?;
         }
+        Ok(())
     }
-    Ok(())
 }
 
 /// Messages and bytes received, added to the shared counters every 64 messages or 50 ms,
