@@ -5,13 +5,16 @@
 #
 #   bench/quick.sh [SIZE_BYTES] [SECONDS] [CONNECTIONS] [STREAMS]
 # CALL_INTERVAL=10ms paces each stream (a moderate load, for the latency figure).
+# BIN=path/to/satmesh uses a given build instead of building target/release/satmesh.
 # The delivery latency (queued -> acknowledged by the OAP) is read from satmesh's
 # histogram: the figure is the upper bound of the bucket holding the quantile.
 set -euo pipefail
 SIZE=${1:-300}; SECS=${2:-10}; CONNS=${3:-8}; STREAMS=${4:-2}
 cd "$(dirname "$0")/.."
-cargo build --release --quiet
-BIN=target/release/satmesh
+if [ -z "${BIN:-}" ]; then
+    cargo build --release --quiet
+    BIN=target/release/satmesh
+fi
 work=$(mktemp -d); trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$work"' EXIT
 
 $BIN sink --listen 127.0.0.1:0 --admin 127.0.0.1:0 >"$work/sink.out" 2>"$work/sink.err" &

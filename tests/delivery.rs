@@ -114,8 +114,9 @@ async fn a_failing_oap_is_retried_on_the_other_and_nothing_is_lost() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_full_queue_slows_the_agent_instead_of_dropping() {
+/// A sink that refuses every call, behind a peer whose queue holds 100 events: the queue
+/// fills at once and stays full until the sink's fault is cleared.
+async fn refusing_sink_and_a_100_event_queue() -> (Proc, Proc) {
     let sink = sink(&[]).await;
     sink.set_faults(json!({"refuse": true})).await;
     let peer = satmesh_env(
@@ -124,6 +125,12 @@ async fn a_full_queue_slows_the_agent_instead_of_dropping() {
         &[("SATMESH__PIPELINE__QUEUE_EVENTS", "100")],
     )
     .await;
+    (sink, peer)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_queue_slows_the_agent_instead_of_dropping() {
+    let (sink, peer) = refusing_sink_and_a_100_event_queue().await;
     let client = Client::connect(peer.grpc).await;
     let sent = segments("pressure", 400);
     let call = {
@@ -535,4 +542,47 @@ async fn any_keyed_protocol_can_be_routed_fixed_and_unkeyed_ones_cannot() {
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("routing.protocols.envoy_access_log"));
+}
+
+/// An agent that writes each small message in a DATA frame of its own (grpc-java and
+/// grpcio do) while the queue is full and satmesh has stopped reading: thousands of tiny
+/// frames wait in the connection's receive window. HTTP/2 flow control must hold the
+/// agent back; the connection must not be torn down for "too many small DATA frames"
+/// (h2's framing-overhead budget: upstream h2 0.4.20 gives it half the connection
+/// window, see third_party/h2/SATMESH.md), which would lose what the agent had in flight.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tiny_messages_in_frames_of_their_own_wait_out_a_full_queue() {
+    let (sink, peer) = refusing_sink_and_a_100_event_queue().await;
+    let (response, mut send, connection) = raw_h2_call(peer.grpc, SEGMENTS).await;
+    // 8,000 messages of ~30 bytes: 240 KB, well inside the windows, but 8,000 frames
+    // under h2's 256-byte overhead threshold (about 4,500 of them exhaust its default).
+    let sent: Vec<Bytes> = (0..8000).map(|i| segment("s", "tiny", i, 0)).collect();
+    assert!(sent.iter().all(|m| m.len() < 64), "tiny messages");
+    for m in &sent {
+        send.send_data(Bytes::from(grpc_frame(m)), false).unwrap();
+    }
+    // Everything is on the wire well within a second; satmesh reads 100 and waits.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(
+        !connection.is_finished(),
+        "satmesh closed the connection: {:?}",
+        connection.await
+    );
+    let mut response = Box::pin(response);
+    if let Ok(early) = tokio::time::timeout(Duration::from_millis(10), &mut response).await {
+        panic!("the call ended while the queue was full: {early:?}");
+    }
+    let read = peer
+        .metric("satmesh_messages_in_total{protocol=\"trace\"}")
+        .await;
+    assert!(read <= 101.0, "satmesh stopped reading ({read} read)");
+
+    sink.set_faults(json!({})).await;
+    send.send_data(Bytes::new(), true).unwrap();
+    let response = tokio::time::timeout(Duration::from_secs(30), response)
+        .await
+        .expect("answered once the queue drained")
+        .expect("no reset, no GOAWAY");
+    assert_eq!(raw_h2_status(response).await, "0");
+    assert_all_arrived(&sink, SEGMENTS, &sent, Duration::from_secs(30)).await;
 }

@@ -98,7 +98,17 @@ pub async fn accept_loop<S, M, A, C>(
             |conn| conn.graceful_shutdown(),
             move |info, ending| {
                 if let Ending::Finished(Err(e)) = ending {
-                    debug!(peer = %info.peer, error = %e, "agent connection ended with an error");
+                    // An error satmesh's HTTP/2 layer raised itself (a GOAWAY it sent for a
+                    // protocol violation or abuse) is worth a warning; an agent that went
+                    // away is not.
+                    let ours = std::error::Error::source(&e)
+                        .and_then(|s| s.downcast_ref::<h2::Error>())
+                        .is_some_and(|h| h.is_library());
+                    if ours {
+                        warn!(peer = %info.peer, error = %e, "agent connection closed by satmesh on an HTTP/2 error");
+                    } else {
+                        debug!(peer = %info.peer, error = %e, "agent connection ended with an error");
+                    }
                 }
                 on_close(info);
             },

@@ -744,3 +744,46 @@ impl Vip {
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
+
+/// A gRPC call on a raw HTTP/2 connection (`h2`), for tests that shape the DATA frames
+/// themselves: the response, the request stream, and the connection's task.
+pub async fn raw_h2_call(
+    addr: SocketAddr,
+    path: &str,
+) -> (
+    h2::client::ResponseFuture,
+    h2::SendStream<Bytes>,
+    tokio::task::JoinHandle<Result<(), h2::Error>>,
+) {
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (h2, conn) = h2::client::handshake(tcp).await.unwrap();
+    let connection = tokio::spawn(conn);
+    let mut h2 = h2.ready().await.unwrap();
+    let request = http::Request::post(format!("http://{addr}{path}"))
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .body(())
+        .unwrap();
+    let (response, send) = h2.send_request(request, false).unwrap();
+    (response, send, connection)
+}
+
+/// `payload` behind its 5-byte gRPC header (uncompressed).
+pub fn grpc_frame(payload: &[u8]) -> Vec<u8> {
+    let mut frame = vec![0u8];
+    frame.extend_from_slice(&(payload.len() as u32).to_be_bytes());
+    frame.extend_from_slice(payload);
+    frame
+}
+
+/// Reads a raw HTTP/2 gRPC response to its end and returns its `grpc-status`.
+pub async fn raw_h2_status(response: http::Response<h2::RecvStream>) -> String {
+    assert_eq!(response.status(), 200);
+    let mut body = response.into_body();
+    while let Some(chunk) = body.data().await {
+        let chunk = chunk.unwrap();
+        let _ = body.flow_control().release_capacity(chunk.len());
+    }
+    let trailers = body.trailers().await.unwrap().expect("trailers");
+    trailers["grpc-status"].to_str().unwrap().to_owned()
+}
