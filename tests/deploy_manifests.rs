@@ -822,6 +822,21 @@ fn dockerfile_agrees_with_the_manifests() {
             );
         }
     }
+    // And every crate patched in from the repository ([patch.crates-io] paths).
+    let patches = manifest
+        .split("[patch.crates-io]")
+        .nth(1)
+        .expect("the workspace patches h2");
+    for line in patches.lines().take_while(|l| !l.starts_with('[')) {
+        if let Some((_, path)) = line.split_once("path = \"") {
+            let dir = path.split('"').next().unwrap();
+            let top = format!("{}/", dir.split('/').next().unwrap());
+            assert!(
+                kept.contains(&top.as_str()),
+                "deploy/Dockerfile.dockerignore drops {top} (patched crate {dir})"
+            );
+        }
+    }
     assert!(
         kept.contains(&"config/satmesh.yaml"),
         "the image copies config/satmesh.yaml"
