@@ -19,6 +19,7 @@ use super::{Event, EventQueue, Lane, Placement};
 use crate::config::RoutePolicy;
 use crate::metrics::{DROP_REJECTED, DROP_SHUTDOWN, Metrics};
 use crate::protocol::{self, Shape};
+use crate::upstream::body::Batch;
 use crate::upstream::{CallError, Pool, backoff, call};
 
 pub struct Delivery {
@@ -198,8 +199,8 @@ impl Delivery {
     ) -> Attempt {
         match shape {
             Shape::ClientStream => {
-                let payloads = events.iter().map(|e| e.payload.clone()).collect();
-                match call::client_stream(node, path, metadata.clone(), payloads, self.call_timeout)
+                let batch = Batch::new(events.iter().map(|e| &e.payload));
+                match call::client_stream(node, path, metadata.clone(), batch, self.call_timeout)
                     .await
                 {
                     Ok(()) => {

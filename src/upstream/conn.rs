@@ -14,11 +14,12 @@ use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
+use super::body::UpBody;
 use super::{Node, backoff};
 
 /// A tower service over one HTTP/2 connection, for tonic's client.
 #[derive(Clone)]
-pub struct H2Service(pub SendRequest<tonic::body::Body>);
+pub struct H2Service(pub SendRequest<UpBody>);
 
 impl tower::Service<http::Request<tonic::body::Body>> for H2Service {
     type Response = http::Response<hyper::body::Incoming>;
@@ -30,7 +31,7 @@ impl tower::Service<http::Request<tonic::body::Body>> for H2Service {
     }
 
     fn call(&mut self, req: http::Request<tonic::body::Body>) -> Self::Future {
-        Box::pin(self.0.send_request(req))
+        Box::pin(self.0.send_request(UpBody::from_tonic(req)))
     }
 }
 
@@ -60,7 +61,7 @@ enum ConnectError {
 async fn connect(
     addr: SocketAddr,
     timeout: Duration,
-) -> Result<(SendRequest<tonic::body::Body>, tokio::task::JoinHandle<()>), ConnectError> {
+) -> Result<(SendRequest<UpBody>, tokio::task::JoinHandle<()>), ConnectError> {
     let attempt = async {
         let stream = TcpStream::connect(addr).await?;
         stream.set_nodelay(true)?;

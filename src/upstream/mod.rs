@@ -7,6 +7,7 @@
 //! - `select`: round-robin and weighted schedules, rebuilt off the hot path.
 //! - `call`: unary, client-stream and bidi calls over a node, with error classes.
 
+pub mod body;
 pub mod call;
 pub mod conn;
 pub mod discovery;
@@ -45,7 +46,7 @@ pub struct Node {
     pub label: String,
     pub weight: u32,
     /// The live connection; None while connecting or down.
-    connection: ArcSwapOption<SendRequest<tonic::body::Body>>,
+    connection: ArcSwapOption<SendRequest<body::UpBody>>,
     /// Failed calls since the last success; past `eject_after` the node is set aside.
     failures: AtomicU32,
     /// Until when (ms since the pool's epoch) the node is set aside after failing calls.
@@ -113,7 +114,7 @@ impl Node {
         self.is_connected() && !self.is_set_aside()
     }
 
-    fn set_connection(&self, sender: Option<SendRequest<tonic::body::Body>>) {
+    fn set_connection(&self, sender: Option<SendRequest<body::UpBody>>) {
         let up = sender.is_some();
         self.connection.store(sender.map(Arc::new));
         self.metrics
@@ -425,7 +426,7 @@ mod tests {
 
     /// A live HTTP/2 connection to `serve` over an in-memory pipe: a node can be
     /// connected without a socket.
-    pub(super) async fn h2_pipe<F, Fut>(serve: F) -> SendRequest<tonic::body::Body>
+    pub(super) async fn h2_pipe<F, Fut>(serve: F) -> SendRequest<body::UpBody>
     where
         F: Fn(http::Request<hyper::body::Incoming>) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = http::Response<tonic::body::Body>> + Send + 'static,
@@ -436,7 +437,7 @@ mod tests {
     /// `h2_pipe`, also handing out the server side so a test can cut the connection.
     pub(super) async fn h2_pipe_with_server<F, Fut>(
         serve: F,
-    ) -> (SendRequest<tonic::body::Body>, tokio::task::AbortHandle)
+    ) -> (SendRequest<body::UpBody>, tokio::task::AbortHandle)
     where
         F: Fn(http::Request<hyper::body::Incoming>) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = http::Response<tonic::body::Body>> + Send + 'static,
