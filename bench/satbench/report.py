@@ -165,32 +165,42 @@ def sweep(doc, plot_error) -> list[str]:
 def unary(doc) -> list[str]:
     res = doc["results"]["unary"]
     plan = doc["plan"]
+    rounds = plan.get("unary_rounds", 1)
     out = ["## Unary keepAlive latency", ""]
     out += [
         f"`keepAlive` unary calls at {plan['unary_rate']}/s over {plan['unary_connections']}"
         f" connections, nothing else, for {plan['unary_seconds']:g} s after a"
         f" {plan['unary_warm']:g} s warm-up; the latency the agent sees, from the load"
         " generator. satmesh answers once the call is queued (keepAlive is async); nginx waits"
-        " for the sink. Added = proxied - direct.",
+        f" for the sink. {rounds} round(s) of direct, satmesh, nginx in turn; each path's"
+        " figure is the median of its rounds, and added = that median minus direct's.",
         "",
     ]
     out += _status(res)
     if "runs" not in res:
         return out
-    direct = next((r["unary"] for r in res["runs"] if r["path"] == "direct" and "error" not in r), None)
-    head = ["path", "calls", "p50 us", "p99 us", "p999 us", "max us", "added p50", "added p99", "added p999"]
+    medians = targets.unary_medians(res["runs"])
+    direct = medians.get("direct")
+    head = ["path", "rounds", "calls", "p50 us", "p99 us", "p999 us", "added p50", "added p99", "added p999"]
+    rows = []
+    for path, m in medians.items():
+        added = [
+            num(m[k] - direct[k]) if direct and path != "direct" else "-"
+            for k in ("p50_us", "p99_us", "p999_us")
+        ]
+        rows.append([path, num(m["rounds"]), num(m["calls"]), num(m["p50_us"]), num(m["p99_us"]),
+                     num(m["p999_us"])] + added)
+    out += _table(head, rows) + [""]
+    out += ["Every round:", ""]
+    head = ["round", "path", "calls", "p50 us", "p99 us", "p999 us", "max us"]
     rows = []
     for r in res["runs"]:
         if "error" in r:
-            rows.append([r["path"], f"failed: {_short(r['error'])}"] + [""] * (len(head) - 2))
+            rows.append([num(r.get("round", 1)), r["path"], f"failed: {_short(r['error'])}", "", "", "", ""])
             continue
         u = r["unary"]
-        added = [
-            num(u[k] - direct[k]) if direct and r["path"] != "direct" else "-"
-            for k in ("p50_us", "p99_us", "p999_us")
-        ]
-        rows.append([r["path"], num(u["calls"]), num(u["p50_us"]), num(u["p99_us"]),
-                     num(u["p999_us"]), num(u["max_us"])] + added)
+        rows.append([num(r.get("round", 1)), r["path"], num(u["calls"]), num(u["p50_us"]),
+                     num(u["p99_us"]), num(u["p999_us"]), num(u["max_us"])])
     return out + _table(head, rows) + [""]
 
 
