@@ -265,9 +265,12 @@ impl ConnInfo {
 
     /// Records activity (a call, a DATA frame) now.
     pub fn touch(&self) {
-        let ms = Instant::now()
-            .saturating_duration_since(self.opened_at)
-            .as_millis() as u64;
+        self.touch_at(Instant::now());
+    }
+
+    /// Records activity at `now` (read by the caller, who needed the time anyway).
+    pub fn touch_at(&self, now: Instant) {
+        let ms = now.saturating_duration_since(self.opened_at).as_millis() as u64;
         self.last_activity_ms.fetch_max(ms, Ordering::Relaxed);
     }
 

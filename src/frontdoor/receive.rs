@@ -92,7 +92,7 @@ where
                             Some(next) => next,
                             None if progress.at_boundary() => {
                                 state.metrics.front_door.streams_ended.inc();
-                                tokio::spawn(keep_reading(state.clone(), conn.clone(), intake, stream));
+                                tokio::spawn(keep_reading(state.clone(), conn.clone(), progress.clone(), intake, stream));
                                 return Ok(());
                             }
                             None => continue,
@@ -106,7 +106,8 @@ where
             Ok(None) => return Ok(()),
             Err(status) => return Err(refuse(&state, status)),
         };
-        let now = Instant::now();
+        // When satmesh read the DATA frame that completed it: no clock read per message.
+        let now = progress.last_data().into_std();
         counted.add(payload.len(), now);
         intake.queue(&state, &conn, payload, now).await?;
     }
@@ -116,8 +117,13 @@ where
 /// connection closes, and queues every message that still arrives (counted in
 /// `satmesh_messages_after_stream_end_total`). Dropping the stream afterwards sends no
 /// reset that could overtake a message.
-async fn keep_reading<S>(state: Arc<State>, conn: Arc<ConnInfo>, mut intake: Intake, mut stream: S)
-where
+async fn keep_reading<S>(
+    state: Arc<State>,
+    conn: Arc<ConnInfo>,
+    progress: Arc<StreamProgress>,
+    mut intake: Intake,
+    mut stream: S,
+) where
     S: Stream<Item = Result<Bytes, Status>> + Unpin,
 {
     // Still an open stream of the connection for `/connections` and the lifecycle.
@@ -133,7 +139,7 @@ where
                 break;
             }
         };
-        let now = Instant::now();
+        let now = progress.last_data().into_std();
         counted.add(payload.len(), now);
         state.metrics.front_door.after_stream_end.inc();
         if let Err(status) = intake.queue(&state, &conn, payload, now).await {

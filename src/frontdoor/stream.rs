@@ -49,10 +49,8 @@ impl StreamProgress {
         self.at_boundary.load(Ordering::Relaxed)
     }
 
-    fn record(&self, at_boundary: bool) {
-        let us = Instant::now()
-            .saturating_duration_since(self.opened)
-            .as_micros() as u64;
+    fn record(&self, now: Instant, at_boundary: bool) {
+        let us = now.saturating_duration_since(self.opened).as_micros() as u64;
         self.last_data_us.store(us, Ordering::Relaxed);
         self.at_boundary.store(at_boundary, Ordering::Relaxed);
     }
@@ -135,8 +133,9 @@ where
         {
             let me = &mut *self;
             me.framing.feed(data);
-            me.progress.record(me.framing.at_boundary());
-            me.conn.touch();
+            let now = Instant::now();
+            me.progress.record(now, me.framing.at_boundary());
+            me.conn.touch_at(now);
         }
         Poll::Ready(frame)
     }
