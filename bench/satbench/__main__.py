@@ -29,6 +29,9 @@ FULL = {
     "streams": 2,
     "warm": 2.0,
     "seconds": 10.0,
+    # Rounds of every size and path in turn; a ratio is taken within a round (the same
+    # stretch of the shared machine) and the report's figure is the median round.
+    "throughput_rounds": 3,
     "sweep_connections": [1, 4, 16, 64],
     "sweep_size": 300,
     "sweep_warm": 1.0,
@@ -52,6 +55,7 @@ SMOKE = {
     **FULL,
     "warm": 0.2,
     "seconds": 0.5,
+    "throughput_rounds": 1,
     "sweep_connections": [1, 4],
     "sweep_warm": 0.2,
     "sweep_seconds": 0.5,
@@ -99,14 +103,16 @@ def with_runs(runs: list[dict]) -> dict:
 def section_throughput(r, plan, args):
     c, s = plan["connections"], plan["streams"]
     runs = []
-    for size in plan["sizes"]:
-        for path in scenarios.PATHS:
-            name = f"throughput {path} {size} B"
-            runs.append(attempt(
-                name,
-                lambda: scenarios.throughput(r, name, path, size, c, s, plan["warm"], plan["seconds"]),
-                path=path, size=size, connections=c, streams=s,
-            ))
+    for round_ in range(1, plan.get("throughput_rounds", 1) + 1):
+        for size in plan["sizes"]:
+            for path in scenarios.PATHS:
+                name = f"throughput {path} {size} B (round {round_})"
+                run = attempt(
+                    name,
+                    lambda: scenarios.throughput(r, name, path, size, c, s, plan["warm"], plan["seconds"]),
+                    path=path, size=size, connections=c, streams=s,
+                )
+                runs.append({**run, "round": round_})
     return with_runs(runs)
 
 

@@ -101,20 +101,27 @@ def throughput(doc) -> list[str]:
     out += _status(res)
     if "runs" not in res:
         return out
-    head = ["path", "events/s at the sink", "proxy CPU us/event", "sink CPU us/event",
+    many = len(targets.rounds(res["runs"])) > 1
+    if many:
+        out += [f"{len(targets.rounds(res['runs']))} rounds, each running every size and path in"
+                " turn. A ratio is taken within one round; the targets above use the round whose"
+                " satmesh/nginx CPU ratio is the median.", ""]
+    head = (["round"] if many else []) + [
+            "path", "events/s at the sink", "proxy CPU us/event", "sink CPU us/event",
             "load generator CPU us/event", "all processes us/event", "proxy peak RSS",
             "sink peak RSS", "errors"]
     for size in plan["sizes"]:
         rows = []
         for r in (r for r in res["runs"] if r["size"] == size):
+            lead = [num(r.get("round", 1))] if many else []
             if "error" in r:
-                rows.append([r["path"], f"failed: {_short(r['error'])}"] + [""] * (len(head) - 2))
+                rows.append(lead + [r["path"], f"failed: {_short(r['error'])}"] + [""] * (len(head) - 2 - len(lead)))
                 continue
             p = r["processes"]
             proxy = p.get("proxy")
             total = sum(x["cpu_seconds"] for x in p.values()) / r["events"] * 1e6 if r["events"] else None
             name = r["path"] + (f" ({proxy['processes']} processes)" if proxy and "processes" in proxy else "")
-            rows.append([
+            rows.append(lead + [
                 name, num(r["events_per_second"]),
                 us(proxy["cpu_us_per_event"]) if proxy else "-",
                 us(p["sink"]["cpu_us_per_event"]), us(p["bench"]["cpu_us_per_event"]), us(total),
@@ -125,8 +132,11 @@ def throughput(doc) -> list[str]:
     out += ["### Ratios (same run)", ""]
     rows = []
     for size in plan["sizes"]:
-        rt = targets.ratios(res["runs"], size)
-        rows.append([size_name(size)] + [f"{v:.2f}" if v is not None else "n/a" for v in rt.values()])
+        middle = targets.median_round(res["runs"], size)
+        for n in targets.rounds(res["runs"]):
+            rt = targets.ratios(res["runs"], size, n)
+            label = size_name(size) + (f", round {n}" + (" (median)" if n == middle else "") if many else "")
+            rows.append([label] + [f"{v:.2f}" if v is not None else "n/a" for v in rt.values()])
     out += _table(["size"] + list(targets.RATIO_NAMES), rows) + [""]
     return out
 
