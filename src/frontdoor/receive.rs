@@ -92,7 +92,9 @@ where
                             Some(next) => next,
                             None if progress.at_boundary() => {
                                 state.metrics.front_door.streams_ended.inc();
-                                tokio::spawn(keep_reading(state.clone(), conn.clone(), progress.clone(), intake, stream));
+                                let (state, conn) = (state.clone(), conn.clone());
+                                let progress = progress.clone();
+                                tokio::spawn(keep_reading(state, conn, progress, intake, stream));
                                 return Ok(());
                             }
                             None => continue,
