@@ -32,6 +32,11 @@ def _short(error: str) -> str:
     return error.replace("|", "/").replace("\n", " ")[:160]
 
 
+def _failed(lead: list[str], run: dict, width: int) -> list[str]:
+    """The table row of a scenario that failed: its identifying cells, the error, blanks."""
+    return lead + [f"failed: {_short(run['error'])}"] + [""] * (width - len(lead) - 1)
+
+
 def _status(res: dict) -> list[str]:
     """The line a section shows instead of figures, if it has none."""
     if res["status"] == "ok":
@@ -115,7 +120,7 @@ def throughput(doc) -> list[str]:
         for r in (r for r in res["runs"] if r["size"] == size):
             lead = [num(r.get("round", 1))] if many else []
             if "error" in r:
-                rows.append(lead + [r["path"], f"failed: {_short(r['error'])}"] + [""] * (len(head) - 2 - len(lead)))
+                rows.append(_failed(lead + [r["path"]], r, len(head)))
                 continue
             p = r["processes"]
             proxy = p.get("proxy")
@@ -160,7 +165,7 @@ def sweep(doc, plot_error) -> list[str]:
     rows = []
     for r in res["runs"]:
         if "error" in r:
-            rows.append([str(r["connections"]), r["path"], f"failed: {_short(r['error'])}", "", "", ""])
+            rows.append(_failed([str(r["connections"]), r["path"]], r, len(head)))
             continue
         proxy = r["processes"].get("proxy")
         rows.append([
@@ -206,7 +211,7 @@ def unary(doc) -> list[str]:
     rows = []
     for r in res["runs"]:
         if "error" in r:
-            rows.append([num(r.get("round", 1)), r["path"], f"failed: {_short(r['error'])}", "", "", "", ""])
+            rows.append(_failed([num(r.get("round", 1)), r["path"]], r, len(head)))
             continue
         u = r["unary"]
         rows.append([num(r.get("round", 1)), r["path"], num(u["calls"]), num(u["p50_us"]),
@@ -232,7 +237,7 @@ def delivery(doc) -> list[str]:
         return out
     head = ["path", "events/s", "events timed", "p50 us", "p99 us", "p999 us", "max us"]
     rows = [
-        [r["path"], f"failed: {_short(r['error'])}", "", "", "", "", ""] if "error" in r else
+        _failed([r["path"]], r, len(head)) if "error" in r else
         [r["path"], num(r["events_per_second"]), num(r["latency"]["count"]),
          num(r["latency"]["p50_us"]), num(r["latency"]["p99_us"]),
          num(r["latency"]["p999_us"]), num(r["latency"]["max_us"])]
@@ -258,7 +263,7 @@ def idle(doc) -> list[str]:
     head = ["connections", "held", "ramp-up s", "RSS before", "RSS after", "per connection",
             "satmesh peak RSS", "load generator RSS"]
     rows = [
-        [num(r["connections"]), f"failed: {_short(r['error'])}", "", "", "", "", "", ""] if "error" in r else
+        _failed([num(r["connections"])], r, len(head)) if "error" in r else
         [num(r["connections"]), num(r["held"]), f"{r['ramp_seconds']:.1f}", kib(r["rss_before_kib"]),
          kib(r["rss_after_kib"]), f"{r['kib_per_connection']:.2f} KiB", kib(r["peak_rss_kib"]),
          kib(r["bench_rss_kib"])]
