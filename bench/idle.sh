@@ -11,23 +11,9 @@
 # Extra SATMESH__ variables reach the peer (e.g. SATMESH__SERVER__READ_BUFFER_BYTES).
 set -euo pipefail
 N=${1:-1000}; HOLD=${2:-4}
-cd "$(dirname "$0")/.."
-if [ -z "${BIN:-}" ]; then
-    cargo build --release --quiet
-    BIN=target/release/satmesh
-fi
-work=$(mktemp -d); trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$work"' EXIT
-
-$BIN sink --listen 127.0.0.1:0 --admin 127.0.0.1:0 >"$work/sink.out" 2>"$work/sink.err" &
-until grep -q listening "$work/sink.out" 2>/dev/null; do sleep 0.05; done
-SINK_GRPC=$(sed -E 's/.*grpc=([^ ]+) .*/\1/' "$work/sink.out")
-
-SATMESH__SERVER__LISTEN=127.0.0.1:0 SATMESH__ADMIN__LISTEN=127.0.0.1:0 \
-SATMESH__SERVER__MAX_CONNECTIONS=$((N + 1000)) SATMESH__UPSTREAM__STATIC=$SINK_GRPC \
-    $BIN run --config "${CONFIG:-config/satmesh.yaml}" >"$work/peer.out" 2>"$work/peer.err" &
-PEER=$!
-until grep -q listening "$work/peer.out" 2>/dev/null; do sleep 0.05; done
-read -r PEER_GRPC PEER_ADMIN < <(sed -E 's/.*grpc=([^ ]+) admin=([^ ]+).*/\1 \2/' "$work/peer.out")
+. "$(dirname "$0")/local.sh"
+start_sink
+start_peer SATMESH__SERVER__MAX_CONNECTIONS=$((N + 1000))
 
 rss() { awk '/^VmRSS/ {print $2}' "/proc/$PEER/status"; }
 conns() { curl -s "http://$PEER_ADMIN/metrics" | awk '/^satmesh_agent_connections / {print $2}'; }

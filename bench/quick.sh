@@ -10,23 +10,9 @@
 # histogram: the figure is the upper bound of the bucket holding the quantile.
 set -euo pipefail
 SIZE=${1:-300}; SECS=${2:-10}; CONNS=${3:-8}; STREAMS=${4:-2}
-cd "$(dirname "$0")/.."
-if [ -z "${BIN:-}" ]; then
-    cargo build --release --quiet
-    BIN=target/release/satmesh
-fi
-work=$(mktemp -d); trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$work"' EXIT
-
-$BIN sink --listen 127.0.0.1:0 --admin 127.0.0.1:0 >"$work/sink.out" 2>"$work/sink.err" &
-SINK=$!
-until grep -q listening "$work/sink.out" 2>/dev/null; do sleep 0.05; done
-read -r SINK_GRPC SINK_ADMIN < <(sed -E 's/.*grpc=([^ ]+) admin=([^ ]+).*/\1 \2/' "$work/sink.out")
-
-SATMESH__SERVER__LISTEN=127.0.0.1:0 SATMESH__ADMIN__LISTEN=127.0.0.1:0 \
-SATMESH__UPSTREAM__STATIC=$SINK_GRPC $BIN run --config "${CONFIG:-config/satmesh.yaml}" >"$work/peer.out" 2>"$work/peer.err" &
-PEER=$!
-until grep -q listening "$work/peer.out" 2>/dev/null; do sleep 0.05; done
-read -r PEER_GRPC PEER_ADMIN < <(sed -E 's/.*grpc=([^ ]+) admin=([^ ]+).*/\1 \2/' "$work/peer.out")
+. "$(dirname "$0")/local.sh"
+start_sink
+start_peer
 
 ticks=$(getconf CLK_TCK)
 cpu() { awk -v t="$ticks" '{print ($14 + $15) / t}' "/proc/$1/stat"; }
