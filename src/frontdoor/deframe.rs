@@ -42,8 +42,12 @@ impl Deframer {
     /// Takes the next DATA frame's bytes.
     pub fn feed(&mut self, mut data: Bytes) -> Result<(), Status> {
         if !self.partial.is_empty() {
-            self.partial.extend_from_slice(&data);
-            return self.split_partial();
+            // Only what finishes the split message is copied; the rest of the frame is
+            // sliced like any other.
+            self.finish_partial(&mut data)?;
+            if !self.partial.is_empty() {
+                return Ok(());
+            }
         }
         while let Some(len) = self.next_len(&data)? {
             if data.len() < HEADER + len {
@@ -60,14 +64,21 @@ impl Deframer {
         Ok(())
     }
 
-    /// Complete messages at the front of `partial`, split off without copying.
-    fn split_partial(&mut self) -> Result<(), Status> {
-        while let Some(len) = self.next_len(&self.partial)? {
-            if self.partial.len() < HEADER + len {
-                self.partial.reserve(HEADER + len - self.partial.len());
-                break;
-            }
-            let mut message = self.partial.split_to(HEADER + len).freeze();
+    /// Moves from the front of `data` into `partial` what its message (header first) still
+    /// lacks, and hands the message out once it is whole.
+    fn finish_partial(&mut self, data: &mut Bytes) -> Result<(), Status> {
+        if self.partial.len() < HEADER {
+            let n = (HEADER - self.partial.len()).min(data.len());
+            self.partial.extend_from_slice(&data.split_to(n));
+        }
+        let Some(len) = self.next_len(&self.partial)? else {
+            return Ok(());
+        };
+        let n = (HEADER + len - self.partial.len()).min(data.len());
+        self.partial.reserve(HEADER + len - self.partial.len());
+        self.partial.extend_from_slice(&data.split_to(n));
+        if self.partial.len() == HEADER + len {
+            let mut message = std::mem::take(&mut self.partial).freeze();
             message.advance(HEADER);
             self.ready.push_back(message);
         }
@@ -214,6 +225,22 @@ mod tests {
             wire[HEADER..].as_ptr(),
             "no copy: the message points into the frame"
         );
+    }
+
+    #[test]
+    fn after_a_split_message_the_rest_of_the_frame_is_sliced_not_copied() {
+        let first = frame(b"split across two frames");
+        let mut d = Deframer::new(100);
+        d.feed(Bytes::copy_from_slice(&first[..3])).unwrap();
+        assert!(d.next_message().is_none());
+        let second = Bytes::from([&first[3..], &frame(b"whole")[..]].concat());
+        d.feed(second.clone()).unwrap();
+        assert_eq!(&d.next_message().unwrap()[..], b"split across two frames");
+        let whole = d.next_message().unwrap();
+        assert_eq!(&whole[..], b"whole");
+        let offset = first.len() - 3 + HEADER;
+        assert_eq!(whole.as_ptr(), second[offset..].as_ptr(), "no copy");
+        assert!(d.is_empty());
     }
 
     #[test]
