@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use common::*;
+use satmesh::codec::grpc_frame;
 use serde_json::json;
 use tonic::Code;
 
@@ -559,7 +560,7 @@ async fn tiny_messages_in_frames_of_their_own_wait_out_a_full_queue() {
     let sent: Vec<Bytes> = (0..8000).map(|i| segment("s", "tiny", i, 0)).collect();
     assert!(sent.iter().all(|m| m.len() < 64), "tiny messages");
     for m in &sent {
-        send.send_data(Bytes::from(grpc_frame(m)), false).unwrap();
+        send.send_data(grpc_frame(m), false).unwrap();
     }
     // Everything is on the wire well within a second; satmesh reads 100 and waits.
     tokio::time::sleep(Duration::from_secs(2)).await;

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use common::*;
+use satmesh::codec::grpc_frame;
 use serde_json::Value;
 use tokio::io::AsyncReadExt;
 use tokio::process::Command;

@@ -179,12 +179,7 @@ where
 mod tests {
     use super::*;
 
-    fn frame(payload: &[u8]) -> Vec<u8> {
-        let mut f = vec![0];
-        f.extend_from_slice(&(payload.len() as u32).to_be_bytes());
-        f.extend_from_slice(payload);
-        f
-    }
+    use crate::codec::grpc_frame as frame;
 
     fn messages() -> Vec<Vec<u8>> {
         vec![
@@ -254,10 +249,10 @@ mod tests {
     #[test]
     fn too_long_and_compressed_messages_are_refused() {
         let mut d = Deframer::new(4);
-        let err = d.feed(Bytes::from(frame(b"hello"))).unwrap_err();
+        let err = d.feed(frame(b"hello")).unwrap_err();
         assert_eq!(err.code(), tonic::Code::OutOfRange);
         let mut d = Deframer::new(100);
-        let mut compressed = frame(b"x");
+        let mut compressed = frame(b"x").to_vec();
         compressed[0] = 1;
         let err = d.feed(Bytes::from(compressed)).unwrap_err();
         assert_eq!(err.code(), tonic::Code::Internal);

@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::net::TcpStream;
@@ -23,6 +23,7 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
 use super::KEEPALIVE_PATH;
+use crate::codec::grpc_frame;
 
 /// Connections set up at once: enough to open 10,000 in a few seconds on loopback,
 /// few enough not to overflow the peer's accept backlog.
@@ -230,15 +231,6 @@ async fn set_up(target: SocketAddr, call: Option<Bytes>) -> Result<Held, SetupEr
     }
 }
 
-/// One gRPC length-prefixed message, uncompressed.
-fn grpc_frame(message: &[u8]) -> Bytes {
-    let mut frame = BytesMut::with_capacity(5 + message.len());
-    frame.put_u8(0);
-    frame.put_u32(message.len() as u32);
-    frame.put_slice(message);
-    frame.freeze()
-}
-
 fn count(failures: &std::sync::Mutex<BTreeMap<String, u64>>, kind: &str) {
     *failures
         .lock()
@@ -310,14 +302,4 @@ pub async fn bench(
         );
     }
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn grpc_frame_is_length_prefixed() {
-        assert_eq!(&grpc_frame(b"ab")[..], b"\0\0\0\0\x02ab");
-    }
 }

@@ -205,13 +205,10 @@ mod tests {
 
     /// What tonic's encoder would have sent for `messages`.
     fn framed(messages: &[Bytes]) -> Vec<u8> {
-        let mut wire = Vec::new();
-        for m in messages {
-            wire.push(0);
-            wire.extend_from_slice(&(m.len() as u32).to_be_bytes());
-            wire.extend_from_slice(m);
-        }
-        wire
+        messages
+            .iter()
+            .flat_map(|m| crate::codec::grpc_frame(m))
+            .collect()
     }
 
     fn drain(mut batch: Batch, step: usize) -> Vec<u8> {

@@ -768,14 +768,6 @@ pub async fn raw_h2_call(
     (response, send, connection)
 }
 
-/// `payload` behind its 5-byte gRPC header (uncompressed).
-pub fn grpc_frame(payload: &[u8]) -> Vec<u8> {
-    let mut frame = vec![0u8];
-    frame.extend_from_slice(&(payload.len() as u32).to_be_bytes());
-    frame.extend_from_slice(payload);
-    frame
-}
-
 /// Reads a raw HTTP/2 gRPC response to its end and returns its `grpc-status`.
 pub async fn raw_h2_status(response: http::Response<h2::RecvStream>) -> String {
     assert_eq!(response.status(), 200);
