@@ -114,6 +114,13 @@ pub async fn forward(
             Err(error) => {
                 m.calls_out_failed.inc();
                 node.record_error(&error, &state.pool.health);
+                // A call that raced its connection's GOAWAY never reached an OAP, and the
+                // connection is being replaced (`record_error`): that is not a try. The
+                // deadline still bounds the loop, and the next pick waits for a
+                // connection instead of spinning.
+                if error.never_reached_oap() && error.connection_broken() {
+                    tries -= 1;
+                }
                 // A query may be asked twice; anything else only if it never arrived.
                 let retry = match method.policy {
                     Policy::Query => error.is_transient(),
