@@ -40,6 +40,8 @@ fi
 bash tests/agents/setup.sh
 # kubernetes-validate (PyPI) for the deploy/ manifests test.
 bash deploy/validate.sh --install
+# third_party/h2 must be the published h2 plus its SATMESH.patch (SATMESH.md there).
+bash scripts/check-h2-patch.sh
 # Build everything first (the Rust agent is a workspace member outside default-members),
 # so no test pays for compilation inside its time limit.
 cargo build --workspace --all-targets

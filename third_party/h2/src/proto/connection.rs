@@ -82,7 +82,7 @@ pub(crate) struct Config {
     pub initial_max_send_streams: usize,
     pub max_send_buffer_size: usize,
     pub reset_stream_duration: Duration,
-    pub reset_stream_max: usize,
+    pub reset_stream_max: Option<usize>,
     pub remote_reset_stream_max: usize,
     pub local_error_reset_streams_max: Option<usize>,
     pub settings: frame::Settings,
@@ -92,8 +92,17 @@ pub(crate) struct Config {
 #[derive(Clone, Copy, Debug)]
 pub(crate) enum DataFrameBudget {
     Auto,
+    /// satmesh: the default of `server::Builder` (clients keep `Auto`). A receive window
+    /// full of DATA frames of 16 payload bytes or more stays within the budget; `Auto`'s
+    /// window / 2 is exhausted by a window holding frames under 170 bytes, so a client
+    /// that writes each small gRPC message in a frame of its own (grpc-java, grpcio) got
+    /// ENHANCE_YOUR_CALM as soon as the server applied backpressure by not reading.
+    AutoServer,
     Configured(usize),
 }
+
+/// satmesh: `AutoServer`'s budget, in connection windows.
+const SERVER_DATA_FRAME_BUDGET_PER_WINDOW: usize = 16;
 
 impl DataFrameBudget {
     pub(crate) fn resolve(self, connection_window: Option<WindowSize>) -> usize {
@@ -101,12 +110,13 @@ impl DataFrameBudget {
             Self::Configured(budget) => budget,
             Self::Auto => {
                 let window = connection_window.unwrap_or(DEFAULT_INITIAL_WINDOW_SIZE);
-                // satmesh: a receive window full of frames of 16 payload bytes or more
-                // stays within the budget. Upstream's window / 2 is exhausted by a window
-                // holding frames under 170 bytes, so a peer that writes each small gRPC
-                // message in a frame of its own (grpc-java, grpcio) got ENHANCE_YOUR_CALM
-                // as soon as the server applied backpressure by not reading.
-                let budget = (window as usize).saturating_mul(16);
+                let budget = window as usize / 2;
+
+                budget.max(DEFAULT_DATA_FRAME_BUDGET)
+            }
+            Self::AutoServer => {
+                let window = connection_window.unwrap_or(DEFAULT_INITIAL_WINDOW_SIZE);
+                let budget = (window as usize).saturating_mul(SERVER_DATA_FRAME_BUDGET_PER_WINDOW);
 
                 budget.max(DEFAULT_DATA_FRAME_BUDGET)
             }
@@ -114,7 +124,7 @@ impl DataFrameBudget {
     }
 
     pub(crate) fn is_auto(self) -> bool {
-        matches!(self, Self::Auto)
+        matches!(self, Self::Auto | Self::AutoServer)
     }
 }
 
@@ -138,6 +148,10 @@ where
 {
     pub fn new(codec: Codec<T, Prioritized<B>>, config: Config) -> Connection<T, P, B> {
         fn streams_config(config: &Config) -> streams::Config {
+            let remote_max_initiated = config
+                .settings
+                .max_concurrent_streams()
+                .map(|max| max as usize);
             streams::Config {
                 initial_max_send_streams: config.initial_max_send_streams,
                 local_max_buffer_size: config.max_send_buffer_size,
@@ -148,13 +162,17 @@ where
                     .is_extended_connect_protocol_enabled()
                     .unwrap_or(false),
                 local_reset_duration: config.reset_stream_duration,
-                local_reset_max: config.reset_stream_max,
+                local_reset_max: config.reset_stream_max.unwrap_or_else(|| {
+                    remote_max_initiated
+                        .map(|max| {
+                            max.saturating_mul(RESET_STREAM_LIMIT_MULTIPLIER)
+                                .max(MIN_DEFAULT_RESET_STREAM_MAX)
+                        })
+                        .unwrap_or(DEFAULT_RESET_STREAM_MAX)
+                }),
                 remote_reset_max: config.remote_reset_stream_max,
                 remote_init_window_sz: DEFAULT_INITIAL_WINDOW_SIZE,
-                remote_max_initiated: config
-                    .settings
-                    .max_concurrent_streams()
-                    .map(|max| max as usize),
+                remote_max_initiated,
                 local_max_error_reset_streams: config.local_error_reset_streams_max,
                 data_frame_budget: config.data_frame_budget,
             }
@@ -277,6 +295,20 @@ where
         }
     }
 
+    fn remote_go_away_if_idle(&self) -> Option<Error> {
+        let frame = self.inner.error.as_ref()?;
+        if frame.reason() == Reason::NO_ERROR || self.inner.streams.has_streams() {
+            return None;
+        }
+
+        // A later transport error should not hide the peer's shutdown reason
+        // once all streams have finished or been rejected by its GOAWAY.
+        Some(Error::remote_go_away(
+            frame.debug_data().clone(),
+            frame.reason(),
+        ))
+    }
+
     /// Closes the connection by transitioning to a GOAWAY state
     /// iff there are no streams or references
     pub fn maybe_close_connection_if_no_streams(&mut self) {
@@ -327,7 +359,9 @@ where
                             // Ensure all window updates have been sent.
                             //
                             // This will also handle flushing `self.codec`
-                            ready!(self.inner.streams.poll_complete(cx, &mut self.codec))?;
+                            ready!(self.inner.streams.poll_complete(cx, &mut self.codec)).map_err(
+                                |err| self.remote_go_away_if_idle().unwrap_or_else(|| err.into()),
+                            )?;
 
                             if !self.inner.streams.has_streams() {
                                 self.codec.release_idle_buffers();
@@ -346,12 +380,20 @@ where
                         }
                     };
 
+                    if matches!(&result, Err(Error::Io(..))) {
+                        if let Some(err) = self.remote_go_away_if_idle() {
+                            return Poll::Ready(Err(err));
+                        }
+                    }
+
                     self.inner.as_dyn().handle_poll2_result(result)?
                 }
                 State::Closing(reason, initiator) => {
                     tracing::trace!("connection closing after flush");
                     // Flush/shutdown the codec
-                    ready!(self.codec.shutdown(cx))?;
+                    ready!(self.codec.shutdown(cx)).map_err(|err| {
+                        self.remote_go_away_if_idle().unwrap_or_else(|| err.into())
+                    })?;
 
                     // Transition the state to error
                     self.inner.state = State::Closed(reason, initiator);
@@ -726,6 +768,26 @@ mod tests {
             DataFrameBudget::Auto.resolve(Some(MAX_WINDOW_SIZE)),
             MAX_WINDOW_SIZE as usize / 2
         );
+    }
+
+    #[test]
+    fn server_auto_data_frame_budget_is_sixteen_windows() {
+        assert_eq!(
+            DataFrameBudget::AutoServer.resolve(None),
+            DEFAULT_INITIAL_WINDOW_SIZE as usize * 16
+        );
+        assert_eq!(
+            DataFrameBudget::AutoServer.resolve(Some(2 * 1024 * 1024)),
+            32 * 1024 * 1024
+        );
+        assert_eq!(
+            DataFrameBudget::AutoServer.resolve(Some(1)),
+            DEFAULT_DATA_FRAME_BUDGET
+        );
+        // A window full of 16-byte frames (each charged 256 - 16) fits.
+        let window = 1024 * 1024;
+        let frames = window / 16;
+        assert!(DataFrameBudget::AutoServer.resolve(Some(window as WindowSize)) >= frames * 240);
     }
 
     #[test]

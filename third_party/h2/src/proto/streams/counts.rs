@@ -80,8 +80,9 @@ pub(super) struct Counts {
     /// connection-level budget for DATA framing overhead.
     data_frame_budget: Budget,
 
-    /// Whether the DATA frame budget follows the target connection window.
-    data_frame_budget_is_auto: bool,
+    /// How the DATA frame budget is set (an automatic one follows the target
+    /// connection window).
+    data_frame_budget_kind: DataFrameBudget,
 
     /// Number of empty, non-final DATA frames received over the lifetime of
     /// the connection.
@@ -104,15 +105,15 @@ impl Counts {
             max_local_error_reset_streams: config.local_max_error_reset_streams,
             num_local_error_reset_streams: 0,
             data_frame_budget: Budget::new(config.data_frame_budget.resolve(None)),
-            data_frame_budget_is_auto: config.data_frame_budget.is_auto(),
+            data_frame_budget_kind: config.data_frame_budget,
             num_recv_empty_data_frames: 0,
         }
     }
 
     pub fn set_target_connection_window_size(&mut self, size: WindowSize) {
-        if self.data_frame_budget_is_auto {
+        if self.data_frame_budget_kind.is_auto() {
             self.data_frame_budget
-                .set_max(DataFrameBudget::Auto.resolve(Some(size)));
+                .set_max(self.data_frame_budget_kind.resolve(Some(size)));
         }
     }
 
@@ -282,19 +283,16 @@ impl Counts {
     where
         F: FnOnce(&mut Self, &mut store::Ptr) -> U,
     {
-        // TODO: Does this need to be computed before performing the action?
-        let is_pending_reset = stream.is_pending_reset_expiration();
-
         // Run the action
         let ret = f(self, &mut stream);
 
-        self.transition_after(stream, is_pending_reset);
+        self.transition_after(stream);
 
         ret
     }
 
     // TODO: move this to macro?
-    pub fn transition_after(&mut self, mut stream: store::Ptr, is_reset_counted: bool) {
+    pub fn transition_after(&mut self, mut stream: store::Ptr) {
         tracing::trace!(
             "transition_after; stream={:?}; state={:?}; is_closed={:?}; \
              pending_send_empty={:?}; buffered_send_data={}; \
@@ -311,9 +309,6 @@ impl Counts {
         if stream.is_closed() {
             if !stream.is_pending_reset_expiration() {
                 stream.unlink();
-                if is_reset_counted {
-                    self.dec_num_reset_streams();
-                }
             }
 
             if !stream.state.is_scheduled_reset() && stream.is_counted {
@@ -355,7 +350,7 @@ impl Counts {
         }
     }
 
-    fn dec_num_reset_streams(&mut self) {
+    pub fn dec_num_reset_streams(&mut self) {
         assert!(self.num_local_reset_streams > 0);
         self.num_local_reset_streams -= 1;
     }
@@ -455,6 +450,23 @@ mod tests {
         );
         configured.set_target_connection_window_size(1024 * 1024);
         assert_eq!(configured.data_frame_budget.max, 123);
+    }
+
+    #[test]
+    fn server_auto_budget_tracks_target_window() {
+        let mut server = Counts::new(
+            peer::Dyn::Server,
+            &Config {
+                data_frame_budget: DataFrameBudget::AutoServer,
+                ..counts_config()
+            },
+        );
+        server.set_target_connection_window_size(1024 * 1024);
+        assert_eq!(server.data_frame_budget.max, 16 * 1024 * 1024);
+        // A window full of 16-byte frames waits unread without exhausting it.
+        for _ in 0..1024 * 1024 / 16 {
+            server.record_data_frame(16).unwrap();
+        }
     }
 
     #[test]
