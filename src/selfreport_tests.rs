@@ -134,27 +134,47 @@ fn every_element_of_a_report_names_service_instance_and_time() {
     assert!(names.contains(&CONNECTION_COUNT.to_owned()), "{names:?}");
 }
 
+/// The process's CPU time by the kernel's CPU clock (nanoseconds, no clock ticks).
+fn cpu_clock() -> Duration {
+    let t = rustix::time::clock_gettime(rustix::time::ClockId::ProcessCPUTime);
+    Duration::new(t.tv_sec as u64, t.tv_nsec as u32)
+}
+
+#[cfg(target_os = "linux")]
 #[test]
-fn cpu_ticks_are_read_after_the_command_name() {
-    // pid (comm) state ppid pgrp session tty tpgid flags minflt cminflt majflt cmajflt
-    // utime stime ...; the name holds a space and a parenthesis.
-    let stat = "42 (sat mesh) x) S 1 42 42 0 -1 4194560 100 0 0 0 250 50 0 0 20 0 8 0 123\n";
-    assert_eq!(parse_cpu_ticks(stat), Some(300));
-    assert_eq!(parse_cpu_ticks("42 (short) S 1 2"), None);
-    assert_eq!(parse_cpu_ticks("no name at all"), None);
-    if let Ok(own) = std::fs::read_to_string("/proc/self/stat") {
-        assert!(parse_cpu_ticks(&own).is_some(), "{own}");
+fn process_cpu_time_agrees_with_the_kernels_cpu_clock() {
+    // Some CPU time first, so that a wrong unit (ticks taken for centiseconds, say)
+    // cannot hide in the tolerance.
+    let start = cpu_clock();
+    let mut spin = 0u64;
+    while cpu_clock() < start + Duration::from_millis(300) {
+        spin = std::hint::black_box(spin.wrapping_add(1));
+    }
+    // /proc counts in clock ticks, truncated: up to a tick or two behind the clock.
+    let tolerance = Duration::from_millis(20);
+    for _ in 0..5 {
+        let before = cpu_clock();
+        let read = process_cpu_time().expect("/proc/self/stat is readable here");
+        let after = cpu_clock();
+        assert!(
+            read + tolerance >= before && read <= after + tolerance,
+            "/proc says {read:?}, the CPU clock {before:?}..{after:?}"
+        );
     }
 }
 
 #[test]
 fn cpu_percent_is_of_the_usable_cpus() {
     let second = Duration::from_secs(1);
-    // 100 ticks = 1 s of CPU over 1 s on 2 CPUs: half of them.
-    assert_eq!(cpu_percent(100, second, 2), Some(50.0));
-    assert_eq!(cpu_percent(0, second, 4), Some(0.0));
-    assert_eq!(cpu_percent(1000, second, 1), Some(100.0));
-    assert_eq!(cpu_percent(10, Duration::ZERO, 2), None);
+    // 1 s of CPU over 1 s on 2 CPUs: half of them.
+    assert_eq!(cpu_percent(second, second, 2), Some(50.0));
+    assert_eq!(cpu_percent(Duration::ZERO, second, 4), Some(0.0));
+    assert_eq!(cpu_percent(second * 10, second, 1), Some(100.0));
+    assert_eq!(
+        cpu_percent(Duration::from_millis(250), second / 2, 1),
+        Some(50.0)
+    );
+    assert_eq!(cpu_percent(second, Duration::ZERO, 2), None);
 }
 
 #[tokio::test(start_paused = true)]

@@ -39,13 +39,66 @@ async fn send_segments(
     all
 }
 
+/// `satmesh_upstream_failures_total` of the peer's only OAP node: connection attempts that
+/// did not end in a completed HTTP/2 handshake, plus failed calls.
+async fn upstream_failures(peer: &Proc, oap: std::net::SocketAddr) -> f64 {
+    peer.metric(&format!(
+        "satmesh_upstream_failures_total{{node=\"{oap}\"}}"
+    ))
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_oap_that_accepts_then_closes_is_never_ready() {
+    // The refusing sink accepts each connection and resets it at once. A TCP connect is
+    // not an OAP: the peer must not report ready at any moment, however often it retries.
+    let sink = sink(&[]).await;
+    sink.set_faults(json!({"refuse": true})).await;
+    let peer = satmesh(
+        &[sink.grpc],
+        "upstream:\n  backoff_min: 5ms\n  backoff_max: 20ms\n",
+    )
+    .await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let (mut polls, mut ready_seen) = (0, 0);
+    // Until the peer has demonstrably tried 100 times, every /readyz is looked at.
+    while upstream_failures(&peer, sink.grpc).await < 100.0 {
+        assert!(
+            Instant::now() < deadline,
+            "the peer tried fewer than 100 connections in 30 s"
+        );
+        polls += 1;
+        if peer.get("/readyz").await.0 == 200 {
+            ready_seen += 1;
+        }
+    }
+    assert!(polls >= 10, "only {polls} /readyz polls during the refusal");
+    assert_eq!(
+        ready_seen, 0,
+        "/readyz said ready {ready_seen} of {polls} times"
+    );
+    assert_eq!(
+        peer.metric(&format!("satmesh_upstream_up{{node=\"{}\"}}", sink.grpc))
+            .await,
+        0.0
+    );
+
+    // Once the sink accepts again, the same peer becomes ready.
+    sink.set_faults(json!({})).await;
+    ready(&peer).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_oap_down_for_a_while_then_back_loses_nothing() {
     let sink = sink(&[]).await;
     sink.set_faults(json!({"refuse": true})).await;
     let peer = satmesh(&[sink.grpc], "upstream:\n  backoff_max: 200ms\n").await;
     // No OAP reachable: not ready, yet agents are still answered once their data is queued.
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while upstream_failures(&peer, sink.grpc).await < 2.0 {
+        assert!(Instant::now() < deadline, "the peer never tried the OAP");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     assert_eq!(peer.get("/readyz").await.0, 503);
     let client = Client::connect(peer.grpc).await;
     let sent = send_segments(&client, "outage", 20, 25).await;
@@ -54,7 +107,16 @@ async fn an_oap_down_for_a_while_then_back_loses_nothing() {
         .unary(KEEPALIVE, keepalive.clone(), md(&[]))
         .await
         .expect("keepAlive queued");
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // The peer holds the data while it goes on trying the OAP.
+    let tried = upstream_failures(&peer, sink.grpc).await;
+    while upstream_failures(&peer, sink.grpc).await < tried + 2.0 {
+        assert!(
+            Instant::now() < deadline + Duration::from_secs(10),
+            "the peer stopped trying the OAP"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(peer.get("/readyz").await.0, 503);
     assert_eq!(method_count(&sink.counts().await, SEGMENTS, "messages"), 0);
     assert!(peer.metric("satmesh_queue_events").await >= 501.0);
 

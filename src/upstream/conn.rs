@@ -1,5 +1,6 @@
 //! One HTTP/2 connection per OAP node, kept open by a manager task that reconnects with
-//! backoff. The connection state is what node health starts from.
+//! backoff. The connection state is what node health starts from: a node is connected
+//! once its HTTP/2 handshake has completed, not when TCP connects.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -15,7 +16,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use super::body::UpBody;
-use super::{Node, backoff};
+use super::{Node, backoff, handshake};
 
 /// A tower service over one HTTP/2 connection, for tonic's client.
 #[derive(Clone)]
@@ -56,15 +57,21 @@ enum ConnectError {
     Tcp(#[from] std::io::Error),
     #[error("http/2 handshake: {0}")]
     Handshake(#[from] hyper::Error),
+    #[error("closed before the http/2 handshake completed")]
+    ClosedInHandshake,
 }
 
+/// Opens a connection to `addr` and returns once its HTTP/2 handshake has completed (see
+/// `handshake`), within `timeout`.
 async fn connect(
     addr: SocketAddr,
     timeout: Duration,
 ) -> Result<(SendRequest<UpBody>, tokio::task::JoinHandle<()>), ConnectError> {
-    let attempt = async {
+    let deadline = tokio::time::Instant::now() + timeout;
+    let open = async {
         let stream = TcpStream::connect(addr).await?;
         stream.set_nodelay(true)?;
+        let (stream, completed) = handshake::watch(stream);
         // What comes back from an OAP is answers: many small DATA frames when unary calls
         // run concurrently. h2 (0.4.20) allows unread small frames up to half the
         // connection window and then sends GOAWAY ENHANCE_YOUR_CALM ("too_many_data_frames")
@@ -80,16 +87,28 @@ async fn connect(
             .keep_alive_while_idle(true)
             .handshake(TokioIo::new(stream))
             .await?;
-        let driver = tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                debug!(%addr, error = %e, "upstream connection ended with an error");
-            }
-        });
-        Ok::<_, ConnectError>((sender, driver))
+        Ok::<_, ConnectError>((sender, conn, completed))
     };
-    tokio::time::timeout(timeout, attempt)
+    let (sender, conn, completed) = tokio::time::timeout_at(deadline, open)
         .await
-        .map_err(|_| ConnectError::Timeout)?
+        .map_err(|_| ConnectError::Timeout)??;
+    // The connection has to be driven for the server's frames to be read.
+    let driver = tokio::spawn(async move {
+        if let Err(e) = conn.await {
+            debug!(%addr, error = %e, "upstream connection ended with an error");
+        }
+    });
+    match tokio::time::timeout_at(deadline, completed).await {
+        Ok(Ok(())) => Ok((sender, driver)),
+        Ok(Err(_)) => {
+            driver.abort();
+            Err(ConnectError::ClosedInHandshake)
+        }
+        Err(_) => {
+            driver.abort();
+            Err(ConnectError::Timeout)
+        }
+    }
 }
 
 /// Keeps `node` connected until `stop` fires.
@@ -151,5 +170,131 @@ pub async fn manage(node: Arc<Node>, settings: ConnectSettings, stop: Cancellati
                 _ = tokio::time::sleep(wait) => {}
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::convert::Infallible;
+
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpListener;
+    use tokio::sync::watch;
+
+    use super::*;
+    use crate::metrics::Metrics;
+
+    /// A node at `addr` with its manager running, and the count of its connection changes.
+    fn managed(
+        addr: SocketAddr,
+        connect_timeout: Duration,
+    ) -> (Arc<Node>, watch::Receiver<u64>, CancellationToken) {
+        let (changed, changes) = watch::channel(0);
+        let node = Arc::new(Node::new(
+            addr,
+            1,
+            Instant::now(),
+            Arc::new(Metrics::new()),
+            changed,
+        ));
+        let settings = ConnectSettings {
+            connect_timeout,
+            backoff_min: Duration::from_millis(1),
+            backoff_max: Duration::from_millis(10),
+        };
+        let stop = CancellationToken::new();
+        tokio::spawn(manage(node.clone(), settings, stop.clone()));
+        (node, changes, stop)
+    }
+
+    fn connect_failures(node: &Node) -> u64 {
+        node.metrics
+            .upstream_failures
+            .with_label_values(&[&node.label])
+            .get()
+    }
+
+    async fn accept(listener: &TcpListener) -> TcpStream {
+        tokio::time::timeout(Duration::from_secs(10), listener.accept())
+            .await
+            .expect("the manager connects again within 10 s")
+            .expect("accept")
+            .0
+    }
+
+    #[tokio::test]
+    async fn a_server_that_closes_after_accept_never_counts_as_connected() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let (node, changes, stop) = managed(listener.local_addr().unwrap(), Duration::from_secs(5));
+        const ATTEMPTS: u64 = 6;
+        for i in 0..ATTEMPTS {
+            let stream = accept(&listener).await;
+            // Half closed with a FIN (our preface is written before it lands), half reset.
+            if i % 2 == 1 {
+                stream.set_zero_linger().unwrap();
+            }
+            drop(stream);
+        }
+        // The last attempt may still be under way.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while connect_failures(&node) < ATTEMPTS - 1 {
+            assert_eq!(*changes.borrow(), 0, "the node was set connected");
+            assert!(
+                Instant::now() < deadline,
+                "failures: {}",
+                connect_failures(&node)
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        stop.cancel();
+        assert_eq!(*changes.borrow(), 0, "the node was set connected");
+        assert!(!node.is_connected());
+    }
+
+    #[tokio::test]
+    async fn a_server_that_never_acknowledges_our_settings_is_given_up_on() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let (node, changes, stop) =
+            managed(listener.local_addr().unwrap(), Duration::from_millis(200));
+        let mut first = accept(&listener).await;
+        // An empty SETTINGS frame (the server's preface), then nothing: our SETTINGS stay
+        // unacknowledged while the connection stays open.
+        first.write_all(&[0, 0, 0, 4, 0, 0, 0, 0, 0]).await.unwrap();
+        let reader = tokio::spawn(async move {
+            let mut sink = Vec::new();
+            let _ = first.read_to_end(&mut sink).await;
+        });
+        // The manager gives up on the connection and tries again.
+        let _second = accept(&listener).await;
+        stop.cancel();
+        reader.abort();
+        assert_eq!(*changes.borrow(), 0, "the node was set connected");
+        assert!(connect_failures(&node) >= 1);
+    }
+
+    #[tokio::test]
+    async fn an_http2_server_counts_as_connected() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = tokio::spawn(async move {
+            let (stream, _) = listener.accept().await.unwrap();
+            let service = hyper::service::service_fn(|_| async {
+                Ok::<_, Infallible>(http::Response::new(tonic::body::Body::empty()))
+            });
+            let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
+        });
+        let (node, mut changes, stop) = managed(addr, Duration::from_secs(5));
+        tokio::time::timeout(
+            Duration::from_secs(10),
+            changes.wait_for(|_| node.is_connected()),
+        )
+        .await
+        .expect("connected within 10 s")
+        .unwrap();
+        assert_eq!(connect_failures(&node), 0);
+        stop.cancel();
+        server.abort();
     }
 }

@@ -3,14 +3,18 @@
 //! picks a node per call without taking a lock.
 //!
 //! - `discovery`: static list and DNS, re-resolved periodically.
+//! - `kubernetes`: OAP pods from the Kubernetes API (EndpointSlices).
 //! - `conn`: one managed HTTP/2 connection per node.
+//! - `handshake`: tells when a connection's HTTP/2 handshake has completed.
 //! - `select`: round-robin and weighted schedules, rebuilt off the hot path.
 //! - `call`: unary, client-stream and bidi calls over a node, with error classes.
+//! - `body`: request bodies; a batch goes as its messages' bytes, not re-encoded.
 
 pub mod body;
 pub mod call;
 pub mod conn;
 pub mod discovery;
+mod handshake;
 pub mod kubernetes;
 pub mod select;
 
