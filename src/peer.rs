@@ -115,7 +115,7 @@ pub async fn run(
     let (grpc_addr, admin_addr) = listeners.addrs()?;
     // The shedder's latest decision and its recent rounds: the tier gossips the decision,
     // `/status` shows both.
-    let (shed_state, _) = tokio::sync::watch::channel(satmesh_cluster::balance::Balance::default());
+    let (shed_state, _) = tokio::sync::watch::channel(satmesh_cluster::ShedDecision::default());
     let shed_history = crate::shed::ShedHistory::default();
     let shed_decision = config.balance.enabled.then(|| shed_state.subscribe());
     let tier = Tier::start(

@@ -11,8 +11,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use rand::RngExt;
-use satmesh_cluster::ClusterView;
-use satmesh_cluster::balance::{self, Balance, BalanceSettings};
+use satmesh_cluster::balance::{self, BalanceSettings, ShedDecision};
+use satmesh_cluster::{BalanceAction, ClusterView};
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
@@ -49,6 +49,12 @@ pub fn pick(mut conns: Vec<ConnSnapshot>, n: usize) -> Vec<ConnSnapshot> {
     conns
 }
 
+/// What this peer publishes as its shedder's action, given its latest decision (None:
+/// shedding is disabled, `balance.enabled: false`).
+pub fn action(latest: Option<&ShedDecision>) -> BalanceAction {
+    latest.map_or(BalanceAction::Off, ShedDecision::action)
+}
+
 /// Runs the shedding loop until `stop`; `last` holds the latest decision and `history`
 /// the rounds that shed (for status).
 pub async fn run(
@@ -56,7 +62,7 @@ pub async fn run(
     view: watch::Receiver<Arc<ClusterView>>,
     settings: BalanceSettings,
     interval: Duration,
-    last: watch::Sender<Balance>,
+    last: watch::Sender<ShedDecision>,
     history: ShedHistory,
     stop: CancellationToken,
 ) {

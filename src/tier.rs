@@ -12,12 +12,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use satmesh_cluster::balance::Balance;
-use satmesh_cluster::facts::balance_action;
 use satmesh_cluster::transport::UdpTransport;
 use satmesh_cluster::{
-    Cluster, ClusterSettings, ClusterView, HealthDamper, Peer, PeerFacts, PeerId, PeerState, Ring,
-    SharedRing, ring_members,
+    BalanceAction, Cluster, ClusterSettings, ClusterView, HealthDamper, Peer, PeerFacts, PeerId,
+    PeerState, Ring, SharedRing, ShedDecision, ring_members,
 };
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
@@ -61,7 +59,7 @@ pub struct TierInputs {
     pub admin_addr: SocketAddr,
     pub connection_limit: u64,
     /// The shedder's latest decision; None when shedding is disabled (`balance.enabled`).
-    pub balance: Option<watch::Receiver<Balance>>,
+    pub balance: Option<watch::Receiver<ShedDecision>>,
 }
 
 pub struct Tier {
@@ -330,7 +328,7 @@ async fn publish_facts(
             .unwrap_or(0);
         facts.connections_turned_away = counts.turned_away.values().sum();
         let latest = inputs.balance.as_ref().map(|b| b.borrow().clone());
-        facts.balance_action = balance_action(latest.as_ref()).to_owned();
+        facts.balance_action = crate::shed::action(latest.as_ref());
         // One decimal, as gossip carries it: a finer move is no change worth publishing.
         facts.fair_share = latest
             .and_then(|b| b.mean)
@@ -338,7 +336,7 @@ async fn publish_facts(
         facts.ring_digest = ring.load().digest();
         facts.state = if *draining.borrow_and_update() {
             // The shedder has stopped: its last decision no longer says what happens.
-            facts.balance_action = PeerState::Draining.as_str().to_owned();
+            facts.balance_action = BalanceAction::Draining;
             facts.fair_share = None;
             PeerState::Draining
         } else {
@@ -375,7 +373,7 @@ pub struct TierStatus {
     pub metrics: Arc<Metrics>,
     pub pool: Arc<Pool>,
     /// The shedder's latest decision; None when shedding is disabled.
-    pub balance: Option<watch::Receiver<Balance>>,
+    pub balance: Option<watch::Receiver<ShedDecision>>,
     /// The shedder's recent rounds.
     pub sheds: ShedHistory,
 }

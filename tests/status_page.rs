@@ -24,8 +24,9 @@ use common::{Proc, free_port, free_udp_port, ready, satmesh_env, sink};
 use satmesh::load::{self, LoadSpec, Progress};
 use satmesh::shed::ShedRound;
 use satmesh::status::{PeerStatus, ShedStatus, StatusDoc, StatusSource, routes};
-use satmesh_cluster::balance::Balance;
-use satmesh_cluster::{ClusterView, Peer, PeerFacts, PeerId, PeerState, Ring};
+use satmesh_cluster::{
+    BalanceAction, ClusterView, Peer, PeerFacts, PeerId, PeerState, Ring, ShedDecision,
+};
 use tokio::net::TcpListener;
 use tokio::process::Command;
 use tokio_util::sync::CancellationToken;
@@ -78,7 +79,7 @@ fn peer(name: &str, live: bool, state: PeerState, connections: u64, digest: u64)
             ring_digest: digest,
             connections_shed: 0,
             connections_turned_away: 0,
-            balance_action: "balanced".into(),
+            balance_action: BalanceAction::Balanced,
             fair_share: Some(280.0),
         },
         live,
@@ -96,7 +97,7 @@ fn first_doc() -> StatusDoc {
     let mut shedding = peer("peer-1", true, PeerState::Ready, 812, d);
     shedding.facts.connections_shed = 1234;
     shedding.facts.connections_turned_away = 56;
-    shedding.facts.balance_action = "shedding".into();
+    shedding.facts.balance_action = BalanceAction::Shedding;
     let view = ClusterView {
         self_id: shedding.id.clone(),
         peers: vec![
@@ -106,7 +107,7 @@ fn first_doc() -> StatusDoc {
         ],
     };
     let traffic = [(OAP_A.to_owned(), 1200), (OAP_B.to_owned(), 300)].into();
-    let latest = Balance {
+    let latest = ShedDecision {
         shed: 50,
         turn_away: true,
         mean: Some(280.0),
@@ -628,13 +629,13 @@ async fn the_other_peer_shows_a_shedding_peer_and_it_lists_its_rounds() {
         let turned_away_metric =
             metric_sum(&shedder, "satmesh_connections_turned_away_total").await;
         if let Some(p0) = peer_in(&doc, "peer-0") {
-            if p0.balance_action == "shedding" {
+            if p0.balance_action == BalanceAction::Shedding {
                 seen_shedding = true;
                 assert!(p0.fair_share.is_some_and(|m| m > 0.0), "{p0:?}");
             }
             // Settled: no longer shedding, and gossip caught up with peer-0's counters.
             if seen_shedding
-                && p0.balance_action != "shedding"
+                && p0.balance_action != BalanceAction::Shedding
                 && p0.connections_shed > 0
                 && p0.connections_shed as f64 == shed_metric
                 && p0.connections_turned_away as f64 == turned_away_metric

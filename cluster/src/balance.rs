@@ -6,9 +6,13 @@
 //! random peer, or a multi-address target dialled first-address-first) land elsewhere.
 //! It never sheds on stale gossip, never below its fair share, and never while it is the
 //! only ready peer.
+//!
+//! The result is a [`ShedDecision`]; what it publishes ([`ShedDecision::action`]) and why
+//! it holds back ([`Hold`]) are typed with the facts, since peers gossip them.
 
 use std::time::Duration;
 
+use crate::facts::{BalanceAction, Hold};
 use crate::view::ClusterView;
 
 /// Thresholds of the decision; the `balance.*` config keys.
@@ -44,28 +48,47 @@ impl Default for BalanceSettings {
     }
 }
 
-/// What this peer should do now.
+/// What this peer should do now. The default is "not decided yet".
 #[derive(Clone, Debug, Default, PartialEq)]
-pub struct Balance {
+pub struct ShedDecision {
     /// Connections to drain now.
     pub shed: usize,
     /// Turn new connections away (the peer is above its share by the tolerance).
     pub turn_away: bool,
     /// Mean connections of ready peers (the fair share), when known.
     pub mean: Option<f64>,
-    /// Why nothing is done, for logs and the status page.
-    pub hold: Option<&'static str>,
+    /// Why nothing is drained, for logs and the status page.
+    pub hold: Option<Hold>,
 }
 
-fn hold(reason: &'static str) -> Balance {
-    Balance {
+impl ShedDecision {
+    /// What the decision does, as the peer publishes it in `balance_action`: shedding
+    /// comes first, then turning away; a peer within tolerance is balanced, and one held
+    /// back for another reason publishes that reason.
+    pub fn action(&self) -> BalanceAction {
+        if self.shed > 0 {
+            BalanceAction::Shedding
+        } else if self.turn_away {
+            BalanceAction::TurningAway
+        } else {
+            match self.hold {
+                Some(Hold::WithinTolerance) => BalanceAction::Balanced,
+                Some(hold) => BalanceAction::Held(hold),
+                None => BalanceAction::Unknown,
+            }
+        }
+    }
+}
+
+fn hold(reason: Hold) -> ShedDecision {
+    ShedDecision {
         hold: Some(reason),
-        ..Balance::default()
+        ..ShedDecision::default()
     }
 }
 
 /// Decides from `view` (gossip) and `own` (this peer's exact open connections).
-pub fn decide(view: &ClusterView, own: u64, settings: &BalanceSettings) -> Balance {
+pub fn decide(view: &ClusterView, own: u64, settings: &BalanceSettings) -> ShedDecision {
     let share = match share(view, own, settings) {
         Ok(share) => share,
         Err(held) => return held,
@@ -78,12 +101,12 @@ pub fn decide(view: &ClusterView, own: u64, settings: &BalanceSettings) -> Balan
     let above = own > ceiling;
     if !above || !room_elsewhere {
         let why = if above {
-            "no peer well below the mean"
+            Hold::NoPeerWellBelowMean
         } else {
-            "within tolerance"
+            Hold::WithinTolerance
         };
         // At the ceiling itself new connections are already turned away.
-        return Balance {
+        return ShedDecision {
             mean: Some(mean),
             turn_away: room_elsewhere && own >= ceiling,
             ..hold(why)
@@ -95,7 +118,7 @@ pub fn decide(view: &ClusterView, own: u64, settings: &BalanceSettings) -> Balan
     let shed = ((excess as f64 * settings.step).ceil() as usize)
         .clamp(1, settings.max_per_interval)
         .min(excess as usize);
-    Balance {
+    ShedDecision {
         shed,
         turn_away: true,
         mean: Some(mean),
@@ -126,33 +149,33 @@ struct Share {
     room_elsewhere: bool,
 }
 
-fn share(view: &ClusterView, own: u64, settings: &BalanceSettings) -> Result<Share, Balance> {
+fn share(view: &ClusterView, own: u64, settings: &BalanceSettings) -> Result<Share, ShedDecision> {
     let Some(me) = view.self_peer() else {
-        return Err(hold("not in view"));
+        return Err(hold(Hold::NotInView));
     };
     if !me.is_live_ready() {
-        return Err(hold("not ready"));
+        return Err(hold(Hold::NotReady));
     }
     let stale_ms = settings.max_staleness.as_millis() as u64;
     if view
         .live()
         .any(|p| !p.is_self && p.last_seen_ms_ago > stale_ms)
     {
-        return Err(hold("stale gossip"));
+        return Err(hold(Hold::StaleGossip));
     }
     let counts: Vec<(bool, u64)> = view
         .live_ready()
         .map(|p| (p.is_self, if p.is_self { own } else { p.facts.connections }))
         .collect();
     if counts.len() < 2 {
-        return Err(hold("only ready peer"));
+        return Err(hold(Hold::OnlyReadyPeer));
     }
     let total: u64 = counts.iter().map(|(_, c)| c).sum();
     let mean = total as f64 / counts.len() as f64;
     if mean < settings.min_mean {
-        return Err(Balance {
+        return Err(ShedDecision {
             mean: Some(mean),
-            ..hold("too few connections")
+            ..hold(Hold::TooFewConnections)
         });
     }
     let room_elsewhere = counts

@@ -21,9 +21,10 @@
 //! | `balance_action`          | what the shedder did last (see below)                      |
 //! | `fair_share`              | the tier mean it acted on, one decimal; empty when unknown |
 //!
-//! `balance_action` is `shedding`, `turning_away`, `balanced`, `off` (balancing disabled),
-//! the hold reason of [`Balance::hold`] (such as `stale gossip` or `only ready peer`), or
-//! empty before the shedder's first decision.
+//! `balance_action` is a [`BalanceAction`] (typed in `facts/action.rs`): `shedding`,
+//! `turning_away`, `balanced`, `off` (balancing disabled), `draining`, the [`Hold`] reason
+//! the shedder did nothing for (such as `stale gossip` or `only ready peer`), or empty
+//! before the shedder's first decision. A value from a newer peer is kept as it came.
 //!
 //! Decoding ignores unknown keys, so a newer peer may add facts; changing the meaning of
 //! a value needs a new key.
@@ -33,7 +34,9 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
-use crate::balance::Balance;
+mod action;
+
+pub use action::{BalanceAction, Hold};
 
 /// A peer incarnation: `node_id` survives restarts, `generation` (start time in ns)
 /// grows on every start, so a restarted peer is told apart from its former self.
@@ -100,39 +103,10 @@ pub struct PeerFacts {
     pub connections_shed: u64,
     /// Connections this peer turned away since it started, for any reason.
     pub connections_turned_away: u64,
-    /// What this peer's shedder did last (see [`balance_action`]); empty when unknown.
-    pub balance_action: String,
+    /// What this peer's shedder did last.
+    pub balance_action: BalanceAction,
     /// The tier's mean connections (the fair share) its last decision acted on.
     pub fair_share: Option<f64>,
-}
-
-/// `balance_action` while the peer is over its share: it drains connections.
-pub const ACTION_SHEDDING: &str = "shedding";
-/// ...at or above its ceiling: new connections are turned away, none drained this round.
-pub const ACTION_TURNING_AWAY: &str = "turning_away";
-/// ...within the tolerance of its fair share.
-pub const ACTION_BALANCED: &str = "balanced";
-/// ...balancing is disabled on that peer.
-pub const ACTION_OFF: &str = "off";
-
-/// The `balance_action` of a peer whose shedder decided `latest` last (None: balancing is
-/// off). Empty before the first decision.
-pub fn balance_action(latest: Option<&Balance>) -> &'static str {
-    let Some(b) = latest else {
-        return ACTION_OFF;
-    };
-    if b.shed > 0 {
-        ACTION_SHEDDING
-    } else if b.turn_away {
-        ACTION_TURNING_AWAY
-    } else {
-        match b.hold {
-            // The decision's own words for "balanced" (a unit test below keeps them in step).
-            Some("within tolerance") => ACTION_BALANCED,
-            Some(reason) => reason,
-            None => "",
-        }
-    }
 }
 
 pub(crate) const GRPC_ADDR: &str = "grpc_addr";
@@ -185,7 +159,7 @@ impl PeerFacts {
                 CONNECTIONS_TURNED_AWAY,
                 self.connections_turned_away.to_string(),
             ),
-            (BALANCE_ACTION, self.balance_action.clone()),
+            (BALANCE_ACTION, self.balance_action.as_str().to_owned()),
             (FAIR_SHARE, fair_share),
         ]
         .into_iter()
@@ -244,7 +218,7 @@ impl PeerFacts {
             ring_digest,
             connections_shed: count(CONNECTIONS_SHED)?,
             connections_turned_away: count(CONNECTIONS_TURNED_AWAY)?,
-            balance_action: get(BALANCE_ACTION).unwrap_or_default().to_owned(),
+            balance_action: BalanceAction::parse(get(BALANCE_ACTION).unwrap_or_default()),
             fair_share,
         })
     }
@@ -270,7 +244,7 @@ mod tests {
             ring_digest: 0xdead_beef_0123_4567,
             connections_shed: 42,
             connections_turned_away: 1_234_567,
-            balance_action: ACTION_SHEDDING.into(),
+            balance_action: BalanceAction::Shedding,
             fair_share: Some(270.66),
         }
     }
@@ -289,11 +263,27 @@ mod tests {
     }
 
     #[test]
+    fn a_hold_reason_and_a_newer_peers_action_round_trip() {
+        for action in [
+            BalanceAction::Held(Hold::StaleGossip),
+            BalanceAction::Other("from the future".into()),
+        ] {
+            let facts = PeerFacts {
+                events_per_sec: 1520.2,
+                fair_share: Some(270.7),
+                balance_action: action,
+                ..sample()
+            };
+            assert_eq!(decode(&facts.encode()).unwrap(), facts);
+        }
+    }
+
+    #[test]
     fn an_unknown_fair_share_and_action_round_trip_as_empty() {
         let facts = PeerFacts {
             events_per_sec: 1520.2,
             fair_share: None,
-            balance_action: String::new(),
+            balance_action: BalanceAction::Unknown,
             ..sample()
         };
         let kv = facts.encode();
@@ -325,8 +315,8 @@ mod tests {
             (0, 0)
         );
         assert_eq!(
-            (decoded.balance_action.as_str(), decoded.fair_share),
-            ("", None)
+            (decoded.balance_action, decoded.fair_share),
+            (BalanceAction::Unknown, None)
         );
     }
 
@@ -365,47 +355,5 @@ mod tests {
                 "{key} = {bad}"
             );
         }
-    }
-
-    #[test]
-    fn the_balance_action_names_what_the_decision_does() {
-        use std::net::SocketAddr;
-
-        use crate::balance::{BalanceSettings, decide};
-        use crate::view::{ClusterView, Peer};
-
-        // This peer (p0) holds `own`, the other one `other`: the real decision decides.
-        let action = |own: u64, other: u64| {
-            let peer = |i: u16, connections| Peer {
-                id: PeerId {
-                    node_id: format!("p{i}"),
-                    generation: 1,
-                },
-                gossip_addr: SocketAddr::from(([127, 0, 0, 1], 7000 + i)),
-                facts: PeerFacts {
-                    grpc_addr: format!("p{i}:11800"),
-                    connections,
-                    ..PeerFacts::default()
-                },
-                live: true,
-                heartbeat: 1,
-                last_seen_ms_ago: 0,
-                is_self: i == 0,
-            };
-            let view = ClusterView {
-                self_id: peer(0, own).id,
-                peers: vec![peer(0, own), peer(1, other)],
-            };
-            let decision = decide(&view, own, &BalanceSettings::default());
-            balance_action(Some(&decision))
-        };
-        assert_eq!(action(300, 0), ACTION_SHEDDING);
-        assert_eq!(action(100, 100), ACTION_BALANCED);
-        assert_eq!(action(1, 0), "too few connections");
-        // Mean 2.5, ceiling 2: above it, but never shed below the fair share (3), so
-        // nothing to drain this round; new connections are still turned away.
-        assert_eq!(action(3, 2), ACTION_TURNING_AWAY);
-        assert_eq!(balance_action(None), ACTION_OFF);
-        assert_eq!(balance_action(Some(&Balance::default())), "");
     }
 }

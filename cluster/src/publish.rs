@@ -86,7 +86,7 @@ fn is_large(old: f64, new: f64, ratio: f64) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::facts::PeerState;
+    use crate::facts::{BalanceAction, PeerState};
 
     const LIMITS: PublishLimits = PublishLimits {
         interval: Duration::from_millis(500),
@@ -148,7 +148,7 @@ mod tests {
         let mut rerouted = base.clone();
         rerouted.ring_digest = 7;
         let mut shedding = base.clone();
-        shedding.balance_action = "shedding".into();
+        shedding.balance_action = BalanceAction::Shedding;
         for wanted in [draining, sick, rerouted, shedding] {
             assert_eq!(decide(&base, &wanted, Duration::ZERO, LIMITS), Publish::Now);
         }

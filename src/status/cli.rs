@@ -136,7 +136,7 @@ pub fn render_table(doc: &StatusDoc) -> String {
                 agree.to_owned(),
                 p.connections_shed.to_string(),
                 p.connections_turned_away.to_string(),
-                action(&p.balance_action, p.fair_share),
+                action(p.balance_action.as_str(), p.fair_share),
             ]
         })
         .collect();
@@ -225,7 +225,7 @@ const ROUNDS_SHOWN: usize = 5;
 
 /// This peer's shedder: its latest action and its last few shed rounds, newest first.
 fn shedding_line(s: &ShedStatus) -> String {
-    let mut line = format!("shedding here: {}", action(&s.action, s.mean));
+    let mut line = format!("shedding here: {}", action(s.action.as_str(), s.mean));
     if s.recent.is_empty() {
         line.push_str("; no recent sheds");
     } else {
@@ -283,7 +283,7 @@ fn table(header: &[&str], right: &[bool], rows: &[Vec<String>]) -> String {
 mod tests {
     use std::collections::BTreeMap;
 
-    use satmesh_cluster::{PeerId, PeerState};
+    use satmesh_cluster::{BalanceAction, PeerId, PeerState};
 
     use super::*;
     use crate::status::doc::{OapStatus, PeerStatus, RingStatus, Totals};
@@ -313,7 +313,11 @@ mod tests {
             last_seen_ms_ago: 100,
             connections_shed: connections / 10,
             connections_turned_away: connections / 100,
-            balance_action: if live { "balanced" } else { "" }.into(),
+            balance_action: if live {
+                BalanceAction::Balanced
+            } else {
+                BalanceAction::Unknown
+            },
             fair_share: live.then_some(409.5),
         }
     }
@@ -397,7 +401,7 @@ OAP NODE        ON RING  HEALTHY HERE  VOTES  SENT HERE
         let mut d = doc(true);
         d.shedding = ShedStatus {
             enabled: true,
-            action: "shedding".into(),
+            action: BalanceAction::Shedding,
             shed: 9,
             turn_away: true,
             mean: Some(100.0),

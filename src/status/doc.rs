@@ -3,12 +3,10 @@
 
 use std::collections::BTreeMap;
 
-use satmesh_cluster::balance::Balance;
-use satmesh_cluster::facts::balance_action;
-use satmesh_cluster::{ClusterView, Peer, PeerId, PeerState, Ring};
+use satmesh_cluster::{BalanceAction, ClusterView, Peer, PeerId, PeerState, Ring, ShedDecision};
 use serde::{Deserialize, Serialize};
 
-use crate::shed::ShedRound;
+use crate::shed::{self, ShedRound};
 
 /// What `GET /status` returns and what `satmesh status` parses.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -62,10 +60,11 @@ pub struct PeerStatus {
     /// Connections the peer turned away since it started (any reason).
     #[serde(default)]
     pub connections_turned_away: u64,
-    /// The peer's shedder's latest action: `shedding`, `turning_away`, `balanced`, `off`,
-    /// a hold reason (`stale gossip`, ...), or empty when not known yet.
+    /// The peer's shedder's latest action as it gossiped it, a string in JSON:
+    /// `shedding`, `turning_away`, `balanced`, `off`, `draining`, a hold reason (`stale
+    /// gossip`, ...), or empty when not known yet. A newer peer's value is kept as it came.
     #[serde(default)]
-    pub balance_action: String,
+    pub balance_action: BalanceAction,
     /// The tier's mean connections (fair share) that action was decided on.
     #[serde(default)]
     pub fair_share: Option<f64>,
@@ -133,14 +132,16 @@ pub struct ShedStatus {
     /// Whether shedding is enabled (`balance.enabled`).
     pub enabled: bool,
     /// The latest decision, as gossiped in `balance_action` (see [`PeerStatus`]).
-    pub action: String,
+    pub action: BalanceAction,
     /// Connections the latest decision drained.
     pub shed: usize,
     /// Whether new connections are being turned away (over share).
     pub turn_away: bool,
     /// The tier's mean connections (fair share) the decision was made on.
     pub mean: Option<f64>,
-    /// Why the latest decision did nothing, when it did nothing.
+    /// Why the latest decision drained nothing (a [`Hold`](satmesh_cluster::Hold), such as
+    /// `within tolerance`), when it drained nothing. A string, so that a reason added by a
+    /// newer peer still parses.
     pub hold: Option<String>,
     /// The last rounds that shed, newest first (a bounded history).
     pub recent: Vec<ShedRound>,
@@ -148,15 +149,15 @@ pub struct ShedStatus {
 
 impl ShedStatus {
     /// From the shedder's latest decision (None: shedding is disabled) and its history.
-    pub fn new(latest: Option<&Balance>, recent: Vec<ShedRound>) -> ShedStatus {
+    pub fn new(latest: Option<&ShedDecision>, recent: Vec<ShedRound>) -> ShedStatus {
         let b = latest.cloned().unwrap_or_default();
         ShedStatus {
             enabled: latest.is_some(),
-            action: balance_action(latest).to_owned(),
+            action: shed::action(latest),
             shed: b.shed,
             turn_away: b.turn_away,
             mean: b.mean,
-            hold: b.hold.map(str::to_owned),
+            hold: b.hold.map(|h| h.as_str().to_owned()),
             recent,
         }
     }
@@ -280,7 +281,7 @@ fn oap_status(view: &ClusterView, ring: &Ring, traffic: &BTreeMap<String, u64>) 
 
 #[cfg(test)]
 mod tests {
-    use satmesh_cluster::PeerFacts;
+    use satmesh_cluster::{BalanceAction, Hold, PeerFacts};
 
     use super::*;
 
@@ -305,7 +306,7 @@ mod tests {
                 ring_digest: digest,
                 connections_shed: connections / 2,
                 connections_turned_away: 3,
-                balance_action: "balanced".into(),
+                balance_action: BalanceAction::Balanced,
                 fair_share: Some(12.5),
             },
             live,
@@ -431,25 +432,25 @@ mod tests {
             peer("p1", true, PeerState::Ready, 10, d),
             peer("p2", true, PeerState::Ready, 40, d),
         ]);
-        v.peers[1].facts.balance_action = "shedding".into();
+        v.peers[1].facts.balance_action = BalanceAction::Shedding;
         let round = ShedRound {
             at_ms: 900,
             drained: 7,
             serving: 33,
             mean: 25.0,
         };
-        let latest = Balance {
-            hold: Some("within tolerance"),
+        let latest = ShedDecision {
+            hold: Some(Hold::WithinTolerance),
             mean: Some(25.0),
-            ..Balance::default()
+            ..ShedDecision::default()
         };
         let doc = StatusDoc::build(&v, &ring, &BTreeMap::new(), 1000)
             .with_shedding(ShedStatus::new(Some(&latest), vec![round.clone()]));
         let p2 = &doc.peers[1];
         assert_eq!((p2.connections_shed, p2.connections_turned_away), (20, 3));
         assert_eq!(
-            (p2.balance_action.as_str(), p2.fair_share),
-            ("shedding", Some(12.5))
+            (&p2.balance_action, p2.fair_share),
+            (&BalanceAction::Shedding, Some(12.5))
         );
         let s = &doc.shedding;
         assert!(s.enabled && !s.turn_away);
@@ -459,12 +460,17 @@ mod tests {
         );
         assert_eq!(s.hold.as_deref(), Some("within tolerance"));
         assert_eq!(s.recent, [round]);
-        let back: StatusDoc = serde_json::from_str(&serde_json::to_string(&doc).unwrap()).unwrap();
+        // JSON carries the gossiped strings, as users and older peers read them.
+        let json = serde_json::to_value(&doc).unwrap();
+        assert_eq!(json["peers"][1]["balance_action"], "shedding");
+        assert_eq!(json["shedding"]["action"], "balanced");
+        assert_eq!(json["shedding"]["hold"], "within tolerance");
+        let back: StatusDoc = serde_json::from_value(json).unwrap();
         assert_eq!(back, doc);
 
         let off = ShedStatus::new(None, Vec::new());
         assert!(!off.enabled);
-        assert_eq!(off.action, "off");
+        assert_eq!(off.action, BalanceAction::Off);
     }
 
     #[test]

@@ -58,7 +58,7 @@ fn holds_within_tolerance_and_never_below_fair_share() {
     assert_eq!(decide(&counts(&[110, 95, 95]), 110, &s).shed, 0);
     assert_eq!(
         decide(&counts(&[110, 95, 95]), 110, &s).hold,
-        Some("within tolerance")
+        Some(Hold::WithinTolerance)
     );
     // mean 100, ceiling 110, 85 is well below: excess 5, a quarter of it rounded up.
     assert_eq!(decide(&counts(&[115, 100, 85]), 115, &s).shed, 2);
@@ -72,7 +72,7 @@ fn holds_without_a_peer_well_below_the_mean() {
     let b = decide(&counts(&[120, 120, 60, 100]), 120, &s);
     assert!(b.shed > 0);
     let b = decide(&counts(&[120, 104, 100]), 120, &s);
-    assert_eq!(b.hold, Some("no peer well below the mean"));
+    assert_eq!(b.hold, Some(Hold::NoPeerWellBelowMean));
 }
 
 #[test]
@@ -80,7 +80,7 @@ fn never_sheds_alone_stale_or_draining() {
     let s = BalanceSettings::default();
     assert_eq!(
         decide(&counts(&[300]), 300, &s).hold,
-        Some("only ready peer")
+        Some(Hold::OnlyReadyPeer)
     );
     let others_draining = view(vec![
         peer(0, 300, true, true, 0),
@@ -88,23 +88,86 @@ fn never_sheds_alone_stale_or_draining() {
     ]);
     assert_eq!(
         decide(&others_draining, 300, &s).hold,
-        Some("only ready peer")
+        Some(Hold::OnlyReadyPeer)
     );
     let others_dead = view(vec![
         peer(0, 300, true, true, 0),
         peer(1, 0, true, false, 0),
     ]);
-    assert_eq!(decide(&others_dead, 300, &s).hold, Some("only ready peer"));
+    assert_eq!(
+        decide(&others_dead, 300, &s).hold,
+        Some(Hold::OnlyReadyPeer)
+    );
     let stale = view(vec![
         peer(0, 300, true, true, 0),
         peer(1, 0, true, true, 5_000),
     ]);
-    assert_eq!(decide(&stale, 300, &s).hold, Some("stale gossip"));
+    assert_eq!(decide(&stale, 300, &s).hold, Some(Hold::StaleGossip));
     let me_draining = view(vec![
         peer(0, 300, false, true, 0),
         peer(1, 0, true, true, 0),
     ]);
-    assert_eq!(decide(&me_draining, 300, &s).hold, Some("not ready"));
+    assert_eq!(decide(&me_draining, 300, &s).hold, Some(Hold::NotReady));
+}
+
+#[test]
+fn holds_without_a_view_of_itself() {
+    let s = BalanceSettings::default();
+    let mut v = counts(&[300, 0]);
+    v.peers.retain(|p| !p.is_self);
+    assert_eq!(decide(&v, 300, &s).hold, Some(Hold::NotInView));
+}
+
+/// One view and own count per way the decision can hold back, as in the tests above.
+fn a_decision_held_by(reason: Hold) -> ShedDecision {
+    let s = BalanceSettings::default();
+    let decide_on = |peers: Vec<Peer>, own| decide(&view(peers), own, &s);
+    let fresh = |i, c| peer(i, c, true, true, 0);
+    match reason {
+        Hold::NotInView => decide_on(vec![fresh(1, 0)], 300),
+        Hold::NotReady => decide_on(vec![peer(0, 300, false, true, 0), fresh(1, 0)], 300),
+        Hold::StaleGossip => decide_on(vec![fresh(0, 300), peer(1, 0, true, true, 5_000)], 300),
+        Hold::OnlyReadyPeer => decide_on(vec![fresh(0, 300)], 300),
+        Hold::TooFewConnections => decide_on(vec![fresh(0, 1), fresh(1, 0)], 1),
+        Hold::NoPeerWellBelowMean => {
+            decide_on(vec![fresh(0, 120), fresh(1, 104), fresh(2, 100)], 120)
+        }
+        Hold::WithinTolerance => decide_on(vec![fresh(0, 100), fresh(1, 100)], 100),
+    }
+}
+
+#[test]
+fn every_hold_is_a_decision_and_publishes_an_action_that_reads_back() {
+    for reason in Hold::ALL {
+        let decision = a_decision_held_by(reason);
+        assert_eq!(decision.hold, Some(reason));
+        let action = decision.action();
+        let expected = match reason {
+            Hold::WithinTolerance => BalanceAction::Balanced,
+            held => BalanceAction::Held(held),
+        };
+        assert_eq!(action, expected, "{decision:?}");
+        assert_eq!(BalanceAction::parse(action.as_str()), action);
+        assert_eq!(action.as_str(), expected.to_string());
+    }
+}
+
+#[test]
+fn the_action_names_what_the_decision_does() {
+    let s = BalanceSettings::default();
+    let action = |own, other| decide(&counts(&[own, other]), own, &s).action();
+    assert_eq!(action(300, 0), BalanceAction::Shedding);
+    assert_eq!(action(100, 100), BalanceAction::Balanced);
+    assert_eq!(action(1, 0), BalanceAction::Held(Hold::TooFewConnections));
+    // Mean 2.5, ceiling 2: above it, but never shed below the fair share (3), so
+    // nothing to drain this round; new connections are still turned away.
+    assert_eq!(action(3, 2), BalanceAction::TurningAway);
+    // At the ceiling exactly (mean 100, ceiling 110) with room elsewhere: within
+    // tolerance, yet new connections are turned away.
+    let at_ceiling = decide(&counts(&[110, 105, 85]), 110, &s);
+    assert_eq!(at_ceiling.hold, Some(Hold::WithinTolerance));
+    assert_eq!(at_ceiling.action(), BalanceAction::TurningAway);
+    assert_eq!(ShedDecision::default().action(), BalanceAction::Unknown);
 }
 
 #[test]
@@ -149,7 +212,7 @@ fn simulate(peers: usize, clients: u64, how: Reconnect, seed: u64) -> (usize, u6
     let mut shed_after_quiet = false;
     for round in 0..200 {
         let snapshot = conns.clone();
-        let decisions: Vec<Balance> = (0..peers)
+        let decisions: Vec<ShedDecision> = (0..peers)
             .map(|me| {
                 let mut order: Vec<usize> = (0..peers).collect();
                 order.swap(0, me);
