@@ -324,5 +324,4 @@ impl Reporter {
 }
 
 #[cfg(test)]
-#[path = "selfreport_tests.rs"]
 mod tests;

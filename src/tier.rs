@@ -405,5 +405,4 @@ impl crate::status::StatusSource for TierStatus {
 }
 
 #[cfg(test)]
-#[path = "tier_tests.rs"]
 mod tests;

@@ -471,5 +471,4 @@ where
 }
 
 #[cfg(test)]
-#[path = "lifecycle_tests.rs"]
 mod tests;

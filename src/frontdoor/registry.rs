@@ -460,5 +460,4 @@ impl lifecycle::Observer for Connections {
 }
 
 #[cfg(test)]
-#[path = "registry_tests.rs"]
 mod tests;
