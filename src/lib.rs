@@ -22,6 +22,7 @@
 //! - [`selfreport`]: sends the peer's own numbers to the OAP under Satellite's meter names.
 //! - [`tier`]: the peer's side of the cluster: published facts, the shared ring.
 //! - [`config`]: the configuration reference.
+//! - [`http1`]: one HTTP/1.1 request to an admin port (`satmesh status`, `bench --sink-admin`).
 
 pub mod admin;
 pub mod codec;

@@ -2,10 +2,11 @@
 //! away connections (`admission`); each lives through `lifecycle` (serving -> draining ->
 //! closed) and is listed in the `registry`, which the shedder reads and drains from.
 //! `Handler` looks each call's path up in the protocol table and hands it to the async
-//! path (`receive`: queue, then answer) or the sync path (`forward`: call an OAP now and
-//! relay its answer, or relay a two-way stream live); `stream` follows each call's
-//! progress so a draining connection's streams end between two messages; `routes` shows
-//! and drains connections on the admin listener.
+//! path (`receive`: queue, then answer, reading messages with `deframe`) or the sync path
+//! (`forward`: call an OAP now and relay its answer, or relay a two-way stream live);
+//! `stream` follows each call's progress so a draining connection's streams end between
+//! two messages; `returns` marks shed clients that came back to the same peer; `routes`
+//! shows and drains connections on the admin listener.
 
 pub mod accept;
 pub mod admission;
