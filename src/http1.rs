@@ -1,5 +1,5 @@
-//! One HTTP/1.1 request to a satmesh admin port (`satmesh status`, `satmesh bench
-//! --sink-admin`): connect, send, read a bounded body, close.
+//! One HTTP/1.1 request to a satmesh admin port (`satmesh status`): connect, send, read a
+//! bounded body, close.
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Empty, Limited};

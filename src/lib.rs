@@ -14,30 +14,29 @@
 //! - [`upstream`]: OAP discovery, one HTTP/2 connection per node, health, node selection.
 //! - [`admin`]: `/metrics`, `/healthz`, `/readyz`; [`metrics`] defines every metric once.
 //! - [`peer`]: wires one peer together and runs its shutdown.
-//! - [`sink`]: satmesh's own fake OAP for tests, demos and benchmarks.
-//! - [`load`]: a synthetic agent fleet for `satmesh bench` and `satmesh demo`.
-//! - [`demo`]: `satmesh demo`, a sink, a peer and a fleet in one process.
 //! - [`status`]: `GET /status` (JSON and a self-refreshing page) and `satmesh status`.
 //! - [`shed`]: cluster-aware shedding: drains connections above the tier's share.
 //! - [`selfreport`]: sends the peer's own numbers to the OAP under Satellite's meter names.
 //! - [`tier`]: the peer's side of the cluster: published facts, the shared ring.
 //! - [`config`]: the configuration reference.
-//! - [`http1`]: one HTTP/1.1 request to an admin port (`satmesh status`, `bench --sink-admin`).
+//! - [`http1`]: one HTTP/1.1 request to an admin port, for `satmesh status`.
+//!
+//! Beside it: `satmesh-proto` (the protocol's paths and messages, the read-only routing
+//! views, the pass-through codec), `satmesh-cluster` (gossip and the ring), and
+//! `satmesh-tools` (the sink, the load generator and the demo, which the binary links for
+//! `satmesh sink|bench|demo`; the library does not use it).
 
 pub mod admin;
 pub mod codec;
 pub mod config;
-pub mod demo;
 pub mod frontdoor;
 pub mod http1;
-pub mod load;
 pub mod metrics;
 pub mod peer;
 pub mod pipeline;
 pub mod protocol;
 pub mod selfreport;
 pub mod shed;
-pub mod sink;
 pub mod status;
 pub mod tier;
 pub mod upstream;

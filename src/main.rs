@@ -1,14 +1,13 @@
-//! The `satmesh` command line: `run`, `check-config`, `sink`, `bench`, `demo`, `status`.
-
-use std::net::SocketAddr;
-use std::path::PathBuf;
-use std::process::ExitCode;
-use std::time::Duration;
+//! The `satmesh` command line: `run`, `check-config` and `status` are the product's;
+//! `sink`, `bench` and `demo` run `satmesh-tools` (the demo with this binary's peers).
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use satmesh::config::{Config, LogFormat};
-use tokio::net::TcpListener;
+use satmesh_tools::demo::{PeerHandle, PeerSpec};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
 use tokio_util::sync::CancellationToken;
 use tracing_subscriber::EnvFilter;
 
@@ -46,92 +45,13 @@ enum Command {
     },
     /// Print the effective config (file + environment + defaults), or the error naming the bad key.
     CheckConfig { file: Option<PathBuf> },
-    /// Run a tier on loopback: two fake OAPs, satmesh peers gossiping with each other and
-    /// synthetic agents that all start on the first peer; prints the tier as it spreads them.
-    Demo {
-        /// Synthetic agents (one HTTP/2 connection each).
-        #[arg(long, default_value_t = 60)]
-        agents: usize,
-        /// satmesh peers in the tier.
-        #[arg(long, default_value_t = 3)]
-        peers: usize,
-        /// Stop after this long (e.g. 30s); runs until Ctrl-C otherwise.
-        #[arg(long, value_parser = humantime::parse_duration)]
-        duration: Option<Duration>,
-    },
+    /// Run a local demo tier: 2 fake OAPs, 3 satmesh peers gossiping with each other and
+    /// 60 synthetic agents, all in this process; prints the tier's status as it rebalances.
+    Demo(satmesh_tools::cli::DemoArgs),
     /// Load a satmesh peer (or any OAP address) with synthetic agents and report figures.
-    Bench {
-        /// gRPC address to load; several (comma-separated) are dialled first-address-first.
-        #[arg(long, value_delimiter = ',', required = true)]
-        target: Vec<SocketAddr>,
-        /// HTTP/2 connections, one per synthetic agent.
-        #[arg(long, default_value_t = 8, value_parser = at_least_one)]
-        connections: usize,
-        /// Concurrent segment client-streams per connection (0: no segments).
-        #[arg(long, default_value_t = 2)]
-        streams: usize,
-        /// Messages per client-stream call (segments, or MeterData of a meter stream).
-        #[arg(long, default_value_t = 50, value_parser = at_least_one)]
-        messages_per_call: usize,
-        /// Encoded size of one segment in bytes (real-shaped spans, padded with tags).
-        #[arg(long, default_value_t = 300)]
-        size: usize,
-        /// Stop after this long (calls in flight are finished).
-        #[arg(long, value_parser = humantime::parse_duration, default_value = "10s")]
-        duration: Duration,
-        /// Stop after N segments acknowledged (or --duration, whichever comes first).
-        #[arg(long = "messages", alias = "max-messages", value_name = "N")]
-        max_messages: Option<u64>,
-        /// Pause between two calls of one stream, e.g. 10ms (default: none, full speed).
-        #[arg(long, value_parser = humantime::parse_duration, default_value = "0s")]
-        call_interval: Duration,
-        /// Service instances the data is reported as, spread over the connections
-        /// (default: one per connection).
-        #[arg(long, value_name = "K")]
-        instances: Option<usize>,
-        /// Concurrent MeterData client-streams per connection (MeterReportService/collect).
-        #[arg(long, default_value_t = 0, value_name = "S")]
-        meter_streams: usize,
-        /// keepAlive calls per second over all connections; their latency is reported.
-        #[arg(long, default_value_t = 0.0, value_name = "R", value_parser = parse_rate)]
-        keepalive_rate: f64,
-        /// Admin address of the `satmesh sink` the data ends at: its /latency is reset at
-        /// the start and the delivery latency (send -> sink) is added to the report.
-        #[arg(long, value_name = "ADDR")]
-        sink_admin: Option<String>,
-        /// Print the report as JSON.
-        #[arg(long)]
-        json: bool,
-        /// Instead of load: open N idle agent connections (one keepAlive call each) to
-        /// the first target, hold them for --duration, report how many were established.
-        #[arg(long, value_name = "N")]
-        idle: Option<usize>,
-    },
+    Bench(satmesh_tools::cli::BenchArgs),
     /// Run satmesh's fake OAP: accepts every path, counts what it acknowledged.
-    Sink {
-        #[arg(long, default_value = "127.0.0.1:11800")]
-        listen: String,
-        #[arg(long, default_value = "127.0.0.1:12800")]
-        admin: String,
-        /// Sleep this many milliseconds per message received.
-        #[arg(long, default_value_t = 0)]
-        delay_per_message_ms: u64,
-        /// Fail this fraction of calls (0.0..=1.0).
-        #[arg(long, default_value_t = 0.0)]
-        fail_fraction: f64,
-        /// gRPC status code of failed calls (14 = UNAVAILABLE).
-        #[arg(long, default_value_t = 14)]
-        fail_code: i32,
-        /// Close every new connection at once.
-        #[arg(long)]
-        refuse: bool,
-        /// Answer sync and relayed calls with the request bytes.
-        #[arg(long)]
-        echo: bool,
-        /// GOAWAY each connection after this many calls (0 = never).
-        #[arg(long, default_value_t = 0)]
-        goaway_after_calls: u64,
-    },
+    Sink(satmesh_tools::cli::SinkArgs),
     /// Print the tier as one peer sees it (its admin `/status`): peers, totals, ring.
     Status {
         /// Admin address of any peer: host:port or http://host:port.
@@ -208,85 +128,17 @@ fn main() -> ExitCode {
             raise_nofile_limit(config.server.max_connections);
             report(runtime().block_on(run(config)))
         }
-        Command::Demo {
-            agents,
-            peers,
-            duration,
-        } => {
+        Command::Demo(args) => {
             init_logs(LogFormat::Text, "warn");
-            let stop = CancellationToken::new();
-            report(runtime().block_on(async move {
-                tokio::spawn(signals(stop.clone()));
-                satmesh::demo::run(
-                    satmesh::demo::DemoSpec {
-                        agents,
-                        peers,
-                        duration,
-                    },
-                    stop,
-                )
-                .await
-            }))
+            tools(|stop| satmesh_tools::cli::demo(args, DemoTier, stop))
         }
-        Command::Bench {
-            target,
-            connections,
-            streams,
-            messages_per_call,
-            size,
-            duration,
-            max_messages,
-            call_interval,
-            instances,
-            meter_streams,
-            keepalive_rate,
-            sink_admin,
-            json,
-            idle,
-        } => {
+        Command::Bench(args) => {
             init_logs(LogFormat::Text, "warn");
-            if let Some(n) = idle {
-                let stop = CancellationToken::new();
-                return report(runtime().block_on(async move {
-                    tokio::spawn(signals(stop.clone()));
-                    satmesh::load::idle::bench(target[0], n, duration, json, stop).await
-                }));
-            }
-            let spec = satmesh::load::LoadSpec {
-                targets: target,
-                connections,
-                streams_per_connection: streams,
-                messages_per_call,
-                message_bytes: size,
-                duration,
-                max_messages,
-                call_interval,
-                instances: instances.unwrap_or(0),
-                meter_streams_per_connection: meter_streams,
-                keepalive_per_second: keepalive_rate,
-            };
-            report(runtime().block_on(bench(spec, sink_admin, json)))
+            tools(|stop| satmesh_tools::cli::bench(args, stop))
         }
-        Command::Sink {
-            listen,
-            admin,
-            delay_per_message_ms,
-            fail_fraction,
-            fail_code,
-            refuse,
-            echo,
-            goaway_after_calls,
-        } => {
+        Command::Sink(args) => {
             init_logs(LogFormat::Text, "info,h2=warn,hyper=warn");
-            let faults = satmesh::sink::Faults {
-                delay_per_message_ms,
-                fail_fraction,
-                fail_code,
-                refuse,
-                echo,
-                goaway_after_calls,
-            };
-            report(runtime().block_on(sink(listen, admin, faults)))
+            tools(|stop| satmesh_tools::cli::sink(args, stop))
         }
         Command::Status { admin, json } => report(
             runtime()
@@ -347,106 +199,57 @@ async fn run(config: Config) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// A count of at least 1.
-fn at_least_one(s: &str) -> Result<usize, String> {
-    match s.parse::<usize>() {
-        Ok(n) if n >= 1 => Ok(n),
-        _ => Err(format!("{s:?} is not a whole number >= 1")),
-    }
-}
-
-/// A rate in calls per second: finite and not negative.
-fn parse_rate(s: &str) -> Result<f64, String> {
-    match s.parse::<f64>() {
-        Ok(r) if r.is_finite() && r >= 0.0 => Ok(r),
-        _ => Err(format!(
-            "{s:?} is not a rate in calls per second (a number >= 0)"
-        )),
-    }
-}
-
-async fn bench(
-    spec: satmesh::load::LoadSpec,
-    sink_admin: Option<String>,
-    json: bool,
-) -> anyhow::Result<()> {
-    use satmesh::load::sink_admin as sink;
-    use std::sync::atomic::Ordering;
-    if let Some(admin) = &sink_admin {
-        sink::reset(admin)
-            .await
-            .context("resetting the sink's /latency")?;
-    }
-    let progress = std::sync::Arc::new(satmesh::load::Progress::default());
+/// Runs one of the tools' commands until it ends or a signal stops it.
+fn tools<F>(command: impl FnOnce(CancellationToken) -> F) -> ExitCode
+where
+    F: Future<Output = anyhow::Result<()>>,
+{
     let stop = CancellationToken::new();
-    tokio::spawn(signals(stop.clone()));
-    let meters_on = spec.meter_streams_per_connection > 0;
-    let pings_on = spec.keepalive_per_second > 0.0;
-    let mut run = tokio::spawn(satmesh::load::run(spec, progress.clone(), stop));
-    let mut tick = tokio::time::interval(Duration::from_secs(1));
-    tick.tick().await;
-    let (mut last, mut last_meters, mut seconds) = (0, 0, 0);
-    let mut report = loop {
-        tokio::select! {
-            report = &mut run => break report?,
-            _ = tick.tick() => {}
-        }
-        seconds += 1;
-        let now = progress.messages.load(Ordering::Relaxed);
-        let meters = progress.meters.load(Ordering::Relaxed);
-        let mut line = format!("bench: {seconds}s {}/s segments ({now} in all)", now - last);
-        if meters_on {
-            line += &format!(", {}/s meters", meters - last_meters);
-        }
-        if pings_on {
-            let unary = progress.unary();
-            line += &format!(
-                ", keepAlive {} calls p99 {:.2} ms",
-                unary.count,
-                unary.percentiles.p99_us as f64 / 1000.0
-            );
-        }
-        let errors = progress.errors.load(Ordering::Relaxed);
-        eprintln!("{line}, {errors} errors");
-        (last, last_meters) = (now, meters);
-    };
-    if let Some(admin) = &sink_admin {
-        // A peer may still be delivering what it told the bench it took.
-        report.delivery = Some(
-            sink::settle(admin, report.messages, Duration::from_secs(10))
-                .await
-                .context("reading the sink's /latency")?,
-        );
-    }
-    if json {
-        println!("{}", serde_json::to_string(&report)?);
-    } else {
-        println!("{}", report.render());
-    }
-    Ok(())
+    report(runtime().block_on(async move {
+        tokio::spawn(signals(stop.clone()));
+        command(stop).await
+    }))
 }
 
-async fn sink(listen: String, admin: String, faults: satmesh::sink::Faults) -> anyhow::Result<()> {
-    let grpc = TcpListener::bind(&listen)
-        .await
-        .with_context(|| format!("binding {listen}"))?;
-    let admin = TcpListener::bind(&admin)
-        .await
-        .with_context(|| format!("binding {admin}"))?;
-    println!(
-        "sink listening grpc={} admin={}",
-        grpc.local_addr()?,
-        admin.local_addr()?
-    );
-    let sink = satmesh::sink::Sink::new(faults);
-    let stop = CancellationToken::new();
-    tokio::spawn(signals(stop.clone()));
-    let admin_task = tokio::spawn(satmesh::admin::serve(
-        admin,
-        satmesh::sink::router(sink.clone()),
-        stop.clone(),
-    ));
-    satmesh::sink::serve_grpc(sink, grpc, stop).await;
-    let _ = admin_task.await;
-    Ok(())
+/// The demo's peers: real satmesh peers in this process, each on loopback port 0.
+struct DemoTier;
+
+impl satmesh_tools::demo::Tier for DemoTier {
+    async fn start_peer(&self, peer: PeerSpec) -> anyhow::Result<PeerHandle> {
+        let list = |addrs: &[SocketAddr]| {
+            addrs
+                .iter()
+                .map(|a| a.to_string())
+                .collect::<Vec<_>>()
+                .join(",")
+        };
+        let env = [
+            ("SATMESH__SERVER__LISTEN", "127.0.0.1:0".to_owned()),
+            ("SATMESH__ADMIN__LISTEN", "127.0.0.1:0".to_owned()),
+            ("SATMESH__UPSTREAM__STATIC", list(&peer.oaps)),
+            ("SATMESH__CLUSTER__NODE_ID", peer.node_id),
+            ("SATMESH__CLUSTER__GOSSIP_LISTEN", peer.gossip.to_string()),
+            ("SATMESH__CLUSTER__SEEDS", list(&peer.seeds)),
+        ];
+        let env = env.into_iter().map(|(k, v)| (k.to_owned(), v)).collect();
+        let config = Config::load(None, Some(env))?;
+        let listeners = satmesh::peer::Listeners::bind(&config).await?;
+        let (grpc, admin) = listeners.addrs()?;
+        let stop = CancellationToken::new();
+        let shutdown = stop.clone().cancelled_owned();
+        let task = tokio::spawn(async move {
+            satmesh::peer::run(config, listeners, shutdown).await?;
+            Ok(())
+        });
+        Ok(PeerHandle {
+            grpc,
+            admin,
+            stop,
+            task,
+        })
+    }
+
+    async fn status(&self, admin: SocketAddr) -> anyhow::Result<String> {
+        Ok(satmesh::status::cli::run(&admin.to_string(), false).await?)
+    }
 }

@@ -1,17 +1,12 @@
 //! The protocol table: every gRPC path satmesh carries, its shape, and how it is carried.
 //!
 //! This is the one place that says which path is synchronous, which is batched, and where
-//! its routing key lives. Everything else looks a path up here once per call.
+//! its routing key lives. Everything else looks a path up here once per call. The paths,
+//! their shapes and payloads are protocol facts from `satmesh_proto::paths`; the policy of
+//! each path is satmesh's, decided here by [`policy_of`].
 
-use satmesh_proto::KeyFields;
-
-/// How the agent and the OAP talk on one path.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Shape {
-    Unary,
-    ClientStream,
-    Bidi,
-}
+use satmesh_proto::paths::{Answer, PATHS, Path};
+pub use satmesh_proto::paths::{Payload, SKYWALKING_PATHS, Shape};
 
 /// How satmesh carries one path.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -25,40 +20,6 @@ pub enum Policy {
     Query,
     /// A two-way stream relayed live between the agent and one OAP.
     Relay,
-}
-
-/// What a message on a path carries, for routing keys and the sink's counts.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Payload {
-    Segment,
-    SegmentCollection,
-    Meter,
-    MeterCollection,
-    Log,
-    InstanceProperties,
-    Ping,
-    MetricCollection,
-    /// satmesh never looks inside.
-    Opaque,
-}
-
-impl Payload {
-    /// Where the routing key of a message lives, and whether the message is a collection
-    /// whose first element carries it.
-    pub fn key_fields(self) -> Option<(KeyFields, bool)> {
-        use satmesh_proto as p;
-        Some(match self {
-            Payload::Segment => (p::SEGMENT_OBJECT, false),
-            Payload::SegmentCollection => (p::SEGMENT_OBJECT, true),
-            Payload::Meter => (p::METER_DATA, false),
-            Payload::MeterCollection => (p::METER_DATA, true),
-            Payload::Log => (p::LOG_DATA, false),
-            Payload::InstanceProperties => (p::INSTANCE_PROPERTIES, false),
-            Payload::Ping => (p::INSTANCE_PING, false),
-            Payload::MetricCollection => (p::METRIC_COLLECTION, false),
-            Payload::Opaque => return None,
-        })
-    }
 }
 
 /// One gRPC method.
@@ -76,388 +37,43 @@ pub struct Method {
 /// Index of a method in [`METHODS`]; cheap to copy and to use as an array index.
 pub type MethodId = u16;
 
-macro_rules! m {
-    ($path:literal, $protocol:literal, $shape:ident, $policy:ident, $payload:ident) => {
-        Method {
-            path: $path,
-            protocol: $protocol,
-            shape: Shape::$shape,
-            policy: Policy::$policy,
-            payload: Payload::$payload,
-        }
-    };
-}
-
-/// Every method of the SkyWalking data-collect protocol v10.3.0 (45 paths, with the
-/// package-less Compat twins), then the Envoy and Satellite paths the OAP also accepts.
-pub static METHODS: &[Method] = &[
-    m!(
-        "/skywalking.v3.TraceSegmentReportService/collect",
-        "trace",
-        ClientStream,
-        Async,
-        Segment
-    ),
-    m!(
-        "/TraceSegmentReportService/collect",
-        "trace",
-        ClientStream,
-        Async,
-        Segment
-    ),
-    m!(
-        "/skywalking.v3.TraceSegmentReportService/collectInSync",
-        "trace",
-        Unary,
-        Async,
-        SegmentCollection
-    ),
-    m!(
-        "/TraceSegmentReportService/collectInSync",
-        "trace",
-        Unary,
-        Async,
-        SegmentCollection
-    ),
-    m!(
-        "/skywalking.v3.SpanAttachedEventReportService/collect",
-        "span_event",
-        ClientStream,
-        Async,
-        Opaque
-    ),
-    m!(
-        "/skywalking.v3.LogReportService/collect",
-        "log",
-        ClientStream,
-        Async,
-        Log
-    ),
-    m!(
-        "/skywalking.v3.MeterReportService/collect",
-        "meter",
-        ClientStream,
-        Async,
-        Meter
-    ),
-    m!(
-        "/MeterReportService/collect",
-        "meter",
-        ClientStream,
-        Async,
-        Meter
-    ),
-    m!(
-        "/skywalking.v3.MeterReportService/collectBatch",
-        "meter",
-        ClientStream,
-        Async,
-        MeterCollection
-    ),
-    m!(
-        "/skywalking.v3.JVMMetricReportService/collect",
-        "jvm",
-        Unary,
-        Async,
-        MetricCollection
-    ),
-    m!(
-        "/JVMMetricReportService/collect",
-        "jvm",
-        Unary,
-        Async,
-        MetricCollection
-    ),
-    m!(
-        "/skywalking.v3.CLRMetricReportService/collect",
-        "clr",
-        Unary,
-        Async,
-        MetricCollection
-    ),
-    m!(
-        "/CLRMetricReportService/collect",
-        "clr",
-        Unary,
-        Async,
-        MetricCollection
-    ),
-    m!(
-        "/skywalking.v3.ManagementService/reportInstanceProperties",
-        "management",
-        Unary,
-        Async,
-        InstanceProperties
-    ),
-    m!(
-        "/ManagementService/reportInstanceProperties",
-        "management",
-        Unary,
-        Async,
-        InstanceProperties
-    ),
-    m!(
-        "/skywalking.v3.ManagementService/keepAlive",
-        "management",
-        Unary,
-        Async,
-        Ping
-    ),
-    m!(
-        "/ManagementService/keepAlive",
-        "management",
-        Unary,
-        Async,
-        Ping
-    ),
-    m!(
-        "/skywalking.v3.EventService/collect",
-        "event",
-        ClientStream,
-        Async,
-        Opaque
-    ),
-    m!(
-        "/skywalking.v3.BrowserPerfService/collectPerfData",
-        "browser",
-        Unary,
-        Async,
-        Opaque
-    ),
-    m!(
-        "/skywalking.v3.BrowserPerfService/collectWebVitalsPerfData",
-        "browser",
-        Unary,
-        Async,
-        Opaque
-    ),
-    m!(
-        "/skywalking.v3.BrowserPerfService/collectResourcePerfData",
-        "browser",
-        Unary,
-        Async,
-        Opaque
-    ),
-    m!(
-        "/skywalking.v3.BrowserPerfService/collectWebInteractionsPerfData",
-        "browser",
-        Unary,
-        Async,
-        Opaque
-    ),
-    m!(
-        "/BrowserPerfService/collectPerfData",
-        "browser",
-        Unary,
-        Async,
-        Opaque
-    ),
-    m!(
-        "/skywalking.v3.BrowserPerfService/collectErrorLogs",
-        "browser",
-        ClientStream,
-        Async,
-        Opaque
-    ),
-    m!(
-        "/BrowserPerfService/collectErrorLogs",
-        "browser",
-        ClientStream,
-        Async,
-        Opaque
-    ),
-    m!(
-        "/skywalking.v3.ProfileTask/collectSnapshot",
-        "profile",
-        ClientStream,
-        Async,
-        Opaque
-    ),
-    m!(
-        "/ProfileTask/collectSnapshot",
-        "profile",
-        ClientStream,
-        Async,
-        Opaque
-    ),
-    m!(
-        "/skywalking.v3.ProfileTask/goProfileReport",
-        "profile",
-        ClientStream,
-        Async,
-        Opaque
-    ),
-    m!(
-        "/skywalking.v3.ProfileTask/reportTaskFinish",
-        "profile",
-        Unary,
-        Async,
-        Opaque
-    ),
-    m!(
-        "/ProfileTask/reportTaskFinish",
-        "profile",
-        Unary,
-        Async,
-        Opaque
-    ),
-    m!(
-        "/skywalking.v3.ProfileTask/getProfileTaskCommands",
-        "profile",
-        Unary,
-        Query,
-        Opaque
-    ),
-    m!(
-        "/ProfileTask/getProfileTaskCommands",
-        "profile",
-        Unary,
-        Query,
-        Opaque
-    ),
-    m!(
-        "/skywalking.v3.ConfigurationDiscoveryService/fetchConfigurations",
-        "cds",
-        Unary,
-        Query,
-        Opaque
-    ),
-    m!(
-        "/skywalking.v10.AsyncProfilerTask/getAsyncProfilerTaskCommands",
-        "async_profiler",
-        Unary,
-        Query,
-        Opaque
-    ),
-    m!(
-        "/skywalking.v10.AsyncProfilerTask/collect",
-        "async_profiler",
-        Bidi,
-        Relay,
-        Opaque
-    ),
-    m!(
-        "/skywalking.v10.PprofTask/getPprofTaskCommands",
-        "pprof",
-        Unary,
-        Query,
-        Opaque
-    ),
-    m!(
-        "/skywalking.v10.PprofTask/collect",
-        "pprof",
-        Bidi,
-        Relay,
-        Opaque
-    ),
-    m!(
-        "/skywalking.v3.EBPFProcessService/reportProcesses",
-        "ebpf",
-        Unary,
-        Sync,
-        Opaque
-    ),
-    m!(
-        "/skywalking.v3.EBPFProcessService/keepAlive",
-        "ebpf",
-        Unary,
-        Async,
-        Opaque
-    ),
-    m!(
-        "/skywalking.v3.EBPFProfilingService/queryTasks",
-        "ebpf",
-        Unary,
-        Query,
-        Opaque
-    ),
-    m!(
-        "/skywalking.v3.EBPFProfilingService/collectProfilingData",
-        "ebpf",
-        ClientStream,
-        Async,
-        Opaque
-    ),
-    m!(
-        "/skywalking.v3.ContinuousProfilingService/queryPolicies",
-        "ebpf",
-        Unary,
-        Query,
-        Opaque
-    ),
-    m!(
-        "/skywalking.v3.ContinuousProfilingService/reportProfilingTask",
-        "ebpf",
-        Unary,
-        Sync,
-        Opaque
-    ),
-    m!(
-        "/skywalking.v3.EBPFAccessLogService/collect",
-        "ebpf_access_log",
-        ClientStream,
-        Async,
-        Opaque
-    ),
-    m!(
-        "/skywalking.v3.ServiceMeshMetricService/collect",
-        "service_mesh",
-        ClientStream,
-        Async,
-        Opaque
-    ),
-    m!(
-        "/envoy.service.accesslog.v2.AccessLogService/StreamAccessLogs",
-        "envoy_access_log",
-        ClientStream,
-        Async,
-        Opaque
-    ),
-    m!(
-        "/envoy.service.accesslog.v3.AccessLogService/StreamAccessLogs",
-        "envoy_access_log",
-        ClientStream,
-        Async,
-        Opaque
-    ),
-    m!(
-        "/envoy.service.metrics.v2.MetricsService/StreamMetrics",
-        "envoy_metrics",
-        ClientStream,
-        Async,
-        Opaque
-    ),
-    m!(
-        "/envoy.service.metrics.v3.MetricsService/StreamMetrics",
-        "envoy_metrics",
-        ClientStream,
-        Async,
-        Opaque
-    ),
-    m!(
-        "/satellite.envoy.accesslog.v3.SatelliteAccessLogService/StreamAccessLogs",
-        "envoy_access_log",
-        ClientStream,
-        Async,
-        Opaque
-    ),
+/// Reports the agent expects an answer to: forwarded now, and never answered with an
+/// empty fallback (the answer of `reportProcesses` carries process ids; a profiling task
+/// reported by `reportProfilingTask` must reach an OAP or fail visibly).
+const SYNC_REPORTS: [&str; 2] = [
+    "/skywalking.v3.EBPFProcessService/reportProcesses",
+    "/skywalking.v3.ContinuousProfilingService/reportProfilingTask",
 ];
 
-/// Number of SkyWalking data-collect protocol paths at the head of [`METHODS`].
-pub const SKYWALKING_PATHS: usize = 45;
+/// satmesh's policy for a path: a report (its answer only acknowledges) is queued and
+/// batched; a two-way stream is relayed; the other calls whose answer the agent reads are
+/// queries, except [`SYNC_REPORTS`].
+pub fn policy_of(path: &Path) -> Policy {
+    match (path.answer, path.shape) {
+        (Answer::Ack, _) => Policy::Async,
+        (Answer::Reply, Shape::Bidi) => Policy::Relay,
+        (Answer::Reply, _) if SYNC_REPORTS.contains(&path.path) => Policy::Sync,
+        (Answer::Reply, _) => Policy::Query,
+    }
+}
+
+/// Every path of `satmesh_proto::paths::PATHS`, in its order, with satmesh's policy.
+pub static METHODS: std::sync::LazyLock<Vec<Method>> = std::sync::LazyLock::new(|| {
+    PATHS
+        .iter()
+        .map(|p| Method {
+            path: p.path,
+            protocol: p.protocol,
+            shape: p.shape,
+            policy: policy_of(p),
+            payload: p.payload,
+        })
+        .collect()
+});
 
 /// Finds a path in the table.
 pub fn lookup(path: &str) -> Option<MethodId> {
-    use std::collections::HashMap;
-    use std::sync::LazyLock;
-    static INDEX: LazyLock<HashMap<&'static str, MethodId>> = LazyLock::new(|| {
-        METHODS
-            .iter()
-            .enumerate()
-            .map(|(i, m)| (m.path, i as MethodId))
-            .collect()
-    });
-    INDEX.get(path).copied()
+    satmesh_proto::paths::find(path).map(|i| i as MethodId)
 }
 
 /// The method behind an id from [`lookup`].
@@ -468,7 +84,7 @@ pub fn method(id: MethodId) -> &'static Method {
 /// The distinct protocol names, in table order.
 pub fn protocols() -> Vec<&'static str> {
     let mut names: Vec<&'static str> = Vec::new();
-    for m in METHODS {
+    for m in METHODS.iter() {
         if !names.contains(&m.protocol) {
             names.push(m.protocol);
         }
@@ -481,7 +97,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn paths_are_unique_and_found() {
+    fn every_path_is_found_at_its_index() {
         for (i, m) in METHODS.iter().enumerate() {
             assert_eq!(lookup(m.path), Some(i as MethodId), "{}", m.path);
         }
@@ -489,23 +105,21 @@ mod tests {
     }
 
     #[test]
-    fn table_has_every_skywalking_path_then_envoy() {
-        assert_eq!(METHODS.len(), SKYWALKING_PATHS + 5);
-        assert!(
-            METHODS[..SKYWALKING_PATHS]
-                .iter()
-                .all(|m| !m.path.starts_with("/envoy") && !m.path.starts_with("/satellite"))
-        );
-        assert!(
-            METHODS[SKYWALKING_PATHS..]
-                .iter()
-                .all(|m| m.policy == Policy::Async)
-        );
+    fn policy_counts_are_the_documented_ones() {
+        let count = |p: Policy| METHODS.iter().filter(|m| m.policy == p).count();
+        // README, "Policies: which paths are synchronous".
+        assert_eq!(count(Policy::Async), 39);
+        assert_eq!(count(Policy::Query), 7);
+        assert_eq!(count(Policy::Sync), 2);
+        assert_eq!(count(Policy::Relay), 2);
+        for path in SYNC_REPORTS {
+            assert!(lookup(path).is_some(), "{path} is in the table");
+        }
     }
 
     #[test]
     fn shapes_fit_policies() {
-        for m in METHODS {
+        for m in METHODS.iter() {
             match m.policy {
                 Policy::Relay => assert_eq!(m.shape, Shape::Bidi, "{}", m.path),
                 Policy::Query | Policy::Sync => assert_eq!(m.shape, Shape::Unary, "{}", m.path),

@@ -44,47 +44,9 @@ pub const QUEUE_PARTITION_SIZE: &str = "sw_stl_pipeline_queue_partition_size";
 /// The `pipeline` label of the queue gauges: satmesh has one queue for every protocol.
 const PIPELINE: &str = "satmesh";
 
-/// `Label` of meter.proto (skywalking-data-collect-protocol v10.3.0): name=1, value=2.
-#[derive(Clone, PartialEq, Message)]
-pub struct Label {
-    #[prost(string, tag = "1")]
-    pub name: String,
-    #[prost(string, tag = "2")]
-    pub value: String,
-}
-
-/// `MeterSingleValue`: name=1, labels=2, value=3.
-#[derive(Clone, PartialEq, Message)]
-pub struct MeterSingleValue {
-    #[prost(string, tag = "1")]
-    pub name: String,
-    #[prost(message, repeated, tag = "2")]
-    pub labels: Vec<Label>,
-    #[prost(double, tag = "3")]
-    pub value: f64,
-}
-
-/// `MeterData`: singleValue=1 / histogram=2 (a oneof; satmesh sends no histogram, and a
-/// oneof member is encoded like an optional field), service=3, serviceInstance=4,
-/// timestamp=5 (milliseconds).
-#[derive(Clone, PartialEq, Message)]
-pub struct MeterData {
-    #[prost(message, optional, tag = "1")]
-    pub single_value: Option<MeterSingleValue>,
-    #[prost(string, tag = "3")]
-    pub service: String,
-    #[prost(string, tag = "4")]
-    pub service_instance: String,
-    #[prost(int64, tag = "5")]
-    pub timestamp: i64,
-}
-
-/// `MeterDataCollection`: meterData=1.
-#[derive(Clone, PartialEq, Message)]
-pub struct MeterDataCollection {
-    #[prost(message, repeated, tag = "1")]
-    pub meter_data: Vec<MeterData>,
-}
+/// The messages of meter.proto (skywalking-data-collect-protocol v10.3.0), declared once
+/// in `satmesh_proto::messages`.
+pub use satmesh_proto::messages::{Label, MeterData, MeterDataCollection, MeterSingleValue};
 
 /// One protocol's counters at one instant.
 #[derive(Clone, Debug, Default, PartialEq)]

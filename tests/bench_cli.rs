@@ -7,7 +7,7 @@ mod common;
 use std::time::Duration;
 
 use common::*;
-use satmesh::load::{KEEPALIVE_PATH, METER_PATH, SEGMENT_PATH};
+use satmesh_tools::load::{KEEPALIVE_PATH, METER_PATH, SEGMENT_PATH};
 use serde_json::Value;
 
 /// Runs `satmesh bench ARGS` to its end; returns its stdout and stderr.

@@ -11,8 +11,8 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use satmesh::load::KEEPALIVE_PATH;
-use satmesh::load::idle::{self, IdleProgress, IdleSpec};
+use satmesh_tools::load::KEEPALIVE_PATH;
+use satmesh_tools::load::idle::{self, IdleProgress, IdleSpec};
 use tokio_util::sync::CancellationToken;
 
 const CONNECTIONS: usize = 2000;

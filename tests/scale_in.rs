@@ -14,7 +14,7 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use common::*;
-use satmesh::load::{self, LoadSpec, Progress};
+use satmesh_tools::load::{self, LoadSpec, Progress};
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 

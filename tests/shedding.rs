@@ -10,7 +10,7 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use common::*;
-use satmesh::load::{self, LoadSpec, Progress};
+use satmesh_tools::load::{self, LoadSpec, Progress};
 use tokio_util::sync::CancellationToken;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -152,7 +152,11 @@ async fn scale_out(dial: Dial) {
     }
     let mut arrived = 0;
     for s in &sinks {
-        arrived += method_count(&s.counts().await, satmesh::load::SEGMENT_PATH, "messages");
+        arrived += method_count(
+            &s.counts().await,
+            satmesh_tools::load::SEGMENT_PATH,
+            "messages",
+        );
     }
     assert!(arrived >= acked, "acknowledged {acked}, arrived {arrived}");
     println!(

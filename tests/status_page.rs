@@ -21,12 +21,12 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::{Proc, free_port, free_udp_port, ready, satmesh_env, sink};
-use satmesh::load::{self, LoadSpec, Progress};
 use satmesh::shed::ShedRound;
 use satmesh::status::{PeerStatus, ShedStatus, StatusDoc, StatusSource, routes};
 use satmesh_cluster::{
     BalanceAction, ClusterView, Peer, PeerFacts, PeerId, PeerState, Ring, ShedDecision,
 };
+use satmesh_tools::load::{self, LoadSpec, Progress};
 use tokio::net::TcpListener;
 use tokio::process::Command;
 use tokio_util::sync::CancellationToken;

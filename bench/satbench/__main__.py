@@ -169,7 +169,7 @@ def section_delivery(r, plan, args):
 
 def section_idle(r, plan, args):
     if not bench_supports(r.binary, "--idle"):
-        return pending("`satmesh bench --idle` (src/load/idle.rs) is not in this build yet")
+        return pending("`satmesh bench --idle` (tools/src/load/idle.rs) is not in this build yet")
     n = plan["idle_connections"]
     soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft < n + 1024:

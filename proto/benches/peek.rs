@@ -2,8 +2,8 @@
 //! of a call routed `fixed`. Issue 5 target: <= 2 us on an 8 KiB segment.
 //!
 //! The inputs are encoded with prost from the published field numbers of
-//! skywalking-data-collect-protocol v10.3.0, full messages (not satmesh's 2-field
-//! views): a SegmentObject whose service and instance (fields 4 and 5) come after about
+//! skywalking-data-collect-protocol v10.3.0 (`satmesh_proto::messages`, not satmesh's
+//! 2-field views): a SegmentObject whose service and instance (fields 4 and 5) come after about
 //! 8 KiB of spans, so the peek has to skip every span; a MeterData; a MeterDataCollection
 //! (`collectBatch`, routed by its first MeterData).
 //!
@@ -14,127 +14,11 @@ use std::time::Duration;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use prost::Message;
+use satmesh_proto::messages::{
+    KeyStringValuePair, Label, MeterData, MeterDataCollection, MeterSingleValue, SegmentObject,
+    SegmentReference, SpanObject,
+};
 use satmesh_proto::{METER_DATA, SEGMENT_OBJECT, peek_first_key, peek_key};
-
-#[derive(Clone, PartialEq, Message)]
-struct KeyStringValuePair {
-    #[prost(string, tag = "1")]
-    key: String,
-    #[prost(string, tag = "2")]
-    value: String,
-}
-
-#[derive(Clone, PartialEq, Message)]
-struct Log {
-    #[prost(int64, tag = "1")]
-    time: i64,
-    #[prost(message, repeated, tag = "2")]
-    data: Vec<KeyStringValuePair>,
-}
-
-#[derive(Clone, PartialEq, Message)]
-struct SegmentReference {
-    #[prost(int32, tag = "1")]
-    ref_type: i32,
-    #[prost(string, tag = "2")]
-    trace_id: String,
-    #[prost(string, tag = "3")]
-    parent_trace_segment_id: String,
-    #[prost(int32, tag = "4")]
-    parent_span_id: i32,
-    #[prost(string, tag = "5")]
-    parent_service: String,
-    #[prost(string, tag = "6")]
-    parent_service_instance: String,
-    #[prost(string, tag = "7")]
-    parent_endpoint: String,
-    #[prost(string, tag = "8")]
-    network_address_used_at_peer: String,
-}
-
-#[derive(Clone, PartialEq, Message)]
-struct SpanObject {
-    #[prost(int32, tag = "1")]
-    span_id: i32,
-    #[prost(int32, tag = "2")]
-    parent_span_id: i32,
-    #[prost(int64, tag = "3")]
-    start_time: i64,
-    #[prost(int64, tag = "4")]
-    end_time: i64,
-    #[prost(message, repeated, tag = "5")]
-    refs: Vec<SegmentReference>,
-    #[prost(string, tag = "6")]
-    operation_name: String,
-    #[prost(string, tag = "7")]
-    peer: String,
-    #[prost(int32, tag = "8")]
-    span_type: i32,
-    #[prost(int32, tag = "9")]
-    span_layer: i32,
-    #[prost(int32, tag = "10")]
-    component_id: i32,
-    #[prost(bool, tag = "11")]
-    is_error: bool,
-    #[prost(message, repeated, tag = "12")]
-    tags: Vec<KeyStringValuePair>,
-    #[prost(message, repeated, tag = "13")]
-    logs: Vec<Log>,
-    #[prost(bool, tag = "14")]
-    skip_analysis: bool,
-}
-
-#[derive(Clone, PartialEq, Message)]
-struct SegmentObject {
-    #[prost(string, tag = "1")]
-    trace_id: String,
-    #[prost(string, tag = "2")]
-    trace_segment_id: String,
-    #[prost(message, repeated, tag = "3")]
-    spans: Vec<SpanObject>,
-    #[prost(string, tag = "4")]
-    service: String,
-    #[prost(string, tag = "5")]
-    service_instance: String,
-    #[prost(bool, tag = "6")]
-    is_size_limited: bool,
-}
-
-#[derive(Clone, PartialEq, Message)]
-struct Label {
-    #[prost(string, tag = "1")]
-    name: String,
-    #[prost(string, tag = "2")]
-    value: String,
-}
-
-#[derive(Clone, PartialEq, Message)]
-struct MeterSingleValue {
-    #[prost(string, tag = "1")]
-    name: String,
-    #[prost(message, repeated, tag = "2")]
-    labels: Vec<Label>,
-    #[prost(double, tag = "3")]
-    value: f64,
-}
-
-#[derive(Clone, PartialEq, Message)]
-struct MeterData {
-    #[prost(message, optional, tag = "1")]
-    single_value: Option<MeterSingleValue>,
-    #[prost(string, tag = "3")]
-    service: String,
-    #[prost(string, tag = "4")]
-    service_instance: String,
-    #[prost(int64, tag = "5")]
-    timestamp: i64,
-}
-
-#[derive(Clone, PartialEq, Message)]
-struct MeterDataCollection {
-    #[prost(message, repeated, tag = "1")]
-    meter_data: Vec<MeterData>,
-}
 
 const SERVICE: &str = "mall-order-service";
 const INSTANCE: &str = "3f2a9c1e-4e1c-9b7a-0c5d2e8f1a6b@10.244.1.17";

@@ -7,6 +7,20 @@
 //!
 //! The scanner walks the protobuf wire format with `prost`'s varint decoder and returns
 //! slices of the input: no allocation, no copy, and unknown fields are skipped by length.
+//!
+//! # Layout
+//!
+//! - this file: the read-only views (`peek_key`, `repeated`) and where each key lives.
+//! - [`paths`]: every gRPC path the OAP serves, its call shape and what its messages carry.
+//! - `messages` (feature `messages`): whole messages with prost, for the code that builds
+//!   them (self-report, tools, tests, benches).
+//! - `codec` (feature `codec`): the pass-through tonic codec and gRPC's framing.
+
+#[cfg(feature = "codec")]
+pub mod codec;
+#[cfg(feature = "messages")]
+pub mod messages;
+pub mod paths;
 
 use bytes::Buf;
 use prost::encoding::{WireType, decode_key, decode_varint};

@@ -1,7 +1,6 @@
 //! The accept loop: satmesh owns it (rather than tonic's `Server`) so that it can turn a
 //! connection away before the HTTP/2 handshake, drain one chosen connection with a
-//! graceful GOAWAY, and know every live connection (`registry`). Used by the proxy and by
-//! the sink.
+//! graceful GOAWAY, and know every live connection (`registry`).
 
 use std::convert::Infallible;
 use std::sync::Arc;

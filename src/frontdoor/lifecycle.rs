@@ -414,7 +414,7 @@ pub(crate) trait Observer {
     fn drained(&self, reason: DrainReason);
 }
 
-/// Grace of a drain the token started without a schedule (e.g. the sink's fault).
+/// Grace of a drain the token started without a schedule (the token cancelled directly).
 const UNSCHEDULED_GRACE: Duration = Duration::from_secs(60);
 
 async fn sleep_until_opt(at: Option<Instant>) {

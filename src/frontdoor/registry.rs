@@ -298,11 +298,6 @@ impl Connections {
         (self.hard_closed_total() - hard_before) as usize
     }
 
-    /// Drains every connection at once and waits up to `grace` (the sink's shutdown).
-    pub async fn drain(&self, grace: Duration) -> usize {
-        self.shutdown(Duration::ZERO, grace).await
-    }
-
     fn hard_closed_total(&self) -> u64 {
         self.counts_mut().closed_hard.values().sum()
     }

@@ -12,6 +12,7 @@ use bytes::Bytes;
 use http::uri::PathAndQuery;
 use prost::Message;
 use satmesh::codec::PassThrough;
+use satmesh_proto::messages::{LogData, MeterData, SegmentObject, SpanObject};
 use serde_json::Value;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
 use tokio::process::{Child, Command};
@@ -297,83 +298,53 @@ fn tokio_stream_from(
     futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx))
 }
 
-/// A SegmentObject with the published field numbers and `spans` bytes of padding.
-#[derive(Clone, PartialEq, Message)]
-pub struct Segment {
-    #[prost(string, tag = "1")]
-    pub trace_id: String,
-    #[prost(string, tag = "2")]
-    pub segment_id: String,
-    #[prost(bytes = "vec", repeated, tag = "3")]
-    pub spans: Vec<Vec<u8>>,
-    #[prost(string, tag = "4")]
-    pub service: String,
-    #[prost(string, tag = "5")]
-    pub instance: String,
-    /// A field the protocol does not define: it must reach the OAP untouched.
-    #[prost(string, tag = "99")]
-    pub unknown: String,
-}
-
+/// A SegmentObject (`satmesh_proto::messages`) with one span whose operation name is
+/// `pad` bytes of padding, followed by field 99: a field the protocol does not define,
+/// which must reach the OAP untouched.
 pub fn segment(service: &str, instance: &str, n: usize, pad: usize) -> Bytes {
-    Segment {
+    let fill = char::from(b'a' + (n % 26) as u8);
+    let mut bytes = SegmentObject {
         trace_id: format!("trace-{n}"),
-        segment_id: format!("seg-{n}"),
-        spans: vec![vec![(n % 251) as u8; pad]],
+        trace_segment_id: format!("seg-{n}"),
+        spans: vec![SpanObject {
+            operation_name: std::iter::repeat_n(fill, pad).collect(),
+            ..SpanObject::default()
+        }],
         service: service.into(),
-        instance: instance.into(),
-        unknown: format!("future-field-{n}"),
+        service_instance: instance.into(),
+        is_size_limited: false,
     }
-    .encode_to_vec()
-    .into()
-}
-
-/// MeterData: service=3, serviceInstance=4, timestamp=5.
-#[derive(Clone, PartialEq, Message)]
-pub struct Meter {
-    #[prost(string, tag = "3")]
-    pub service: String,
-    #[prost(string, tag = "4")]
-    pub instance: String,
-    #[prost(int64, tag = "5")]
-    pub timestamp: i64,
+    .encode_to_vec();
+    prost::encoding::string::encode(99, &format!("future-field-{n}"), &mut bytes);
+    bytes.into()
 }
 
 pub fn meter(service: &str, instance: &str, n: usize) -> Bytes {
-    Meter {
+    MeterData {
         service: service.into(),
-        instance: instance.into(),
+        service_instance: instance.into(),
         timestamp: n as i64,
+        ..MeterData::default()
     }
     .encode_to_vec()
     .into()
 }
 
-/// LogData: timestamp=1, service=2, serviceInstance=3.
-#[derive(Clone, PartialEq, Message)]
-pub struct Log {
-    #[prost(int64, tag = "1")]
-    pub timestamp: i64,
-    #[prost(string, tag = "2")]
-    pub service: String,
-    #[prost(string, tag = "3")]
-    pub instance: String,
-}
-
 pub fn log(service: &str, instance: &str, n: usize) -> Bytes {
-    Log {
+    LogData {
         timestamp: n as i64,
         service: service.into(),
-        instance: instance.into(),
+        service_instance: instance.into(),
+        ..LogData::default()
     }
     .encode_to_vec()
     .into()
 }
 
 pub fn digest(payloads: &[Bytes]) -> u64 {
-    payloads
-        .iter()
-        .fold(0u64, |acc, p| acc.wrapping_add(satmesh::sink::fnv1a(p)))
+    payloads.iter().fold(0u64, |acc, p| {
+        acc.wrapping_add(satmesh_tools::sink::fnv1a(p))
+    })
 }
 
 // ---------------------------------------------------------------------------------------

@@ -16,7 +16,7 @@ use tonic::transport::{Channel, Endpoint};
 use super::latency::unix_nanos;
 use super::segment::Template;
 use super::{KEEPALIVE_PATH, METER_PATH, Progress, SEGMENT_PATH, meter};
-use crate::codec::PassThrough;
+use satmesh_proto::codec::PassThrough;
 
 /// How long a keepAlive call may take before it counts as `DeadlineExceeded`.
 const UNARY_TIMEOUT: Duration = Duration::from_secs(10);

@@ -36,32 +36,57 @@ pub use segment::SegmentObject;
 
 pub const SEGMENT_PATH: &str = "/skywalking.v3.TraceSegmentReportService/collect";
 
-/// What the fleet sends. Build it with struct update syntax from `LoadSpec::default()`.
-#[derive(Clone, Debug)]
+/// What the fleet sends. In code, build it with struct update syntax from
+/// `LoadSpec::default()` (one connection, one stream); as `satmesh bench`'s flags it
+/// defaults to a heavier load (8 connections, 2 streams each), the clap attributes below.
+#[derive(Clone, Debug, clap::Args)]
 pub struct LoadSpec {
-    /// Where agents connect: one address (e.g. an L4 virtual IP), or several dialled
-    /// first-address-first (see [`dial`]).
+    /// gRPC address to load; several (comma-separated) are dialled first-address-first,
+    /// as gRPC's pick-first does.
+    #[arg(
+        long = "target",
+        value_name = "TARGET",
+        value_delimiter = ',',
+        required = true
+    )]
     pub targets: Vec<SocketAddr>,
     /// HTTP/2 connections, one per synthetic agent process.
+    #[arg(long, default_value_t = 8, value_parser = crate::cli::at_least_one)]
     pub connections: usize,
-    /// Concurrent segment client-streams per connection.
+    /// Concurrent segment client-streams per connection (0: no segments).
+    #[arg(long = "streams", value_name = "STREAMS", default_value_t = 2)]
     pub streams_per_connection: usize,
-    /// Messages per client-stream call (segments, and MeterData of a meter stream).
+    /// Messages per client-stream call (segments, or MeterData of a meter stream).
+    #[arg(long, default_value_t = 50, value_parser = crate::cli::at_least_one)]
     pub messages_per_call: usize,
-    /// Encoded size of one segment.
+    /// Encoded size of one segment in bytes (real-shaped spans, padded with tags).
+    #[arg(long = "size", value_name = "SIZE", default_value_t = 300)]
     pub message_bytes: usize,
+    /// Stop after this long (calls in flight are finished).
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "10s")]
     pub duration: Duration,
-    /// Stop after this many segments in all (whichever of this and `duration` comes first).
+    /// Stop after N segments acknowledged (or --duration, whichever comes first).
+    #[arg(long = "messages", alias = "max-messages", value_name = "N")]
     pub max_messages: Option<u64>,
-    /// Pause between two calls of one stream (zero: as fast as answers come back).
+    /// Pause between two calls of one stream, e.g. 10ms (default: none, full speed).
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "0s")]
     pub call_interval: Duration,
-    /// Service instances the data is reported as, spread over the connections (0: one per
-    /// connection). Instance `k` is `bench-inst-{k}` of service `bench-svc-{k % 16}`.
+    /// Service instances the data is reported as, spread over the connections (default,
+    /// 0: one per connection). Instance `k` is `bench-inst-{k}` of service
+    /// `bench-svc-{k % 16}`.
+    #[arg(long, value_name = "K", default_value_t = 0, hide_default_value = true)]
     pub instances: usize,
-    /// Concurrent MeterData client-streams per connection (`MeterReportService/collect`).
+    /// Concurrent MeterData client-streams per connection (MeterReportService/collect).
+    #[arg(long = "meter-streams", default_value_t = 0, value_name = "S")]
     pub meter_streams_per_connection: usize,
-    /// keepAlive calls per second over the whole fleet, round-robin over the connections
-    /// (0: none).
+    /// keepAlive calls per second over all connections, round-robin over the
+    /// connections (0: none); their latency is reported.
+    #[arg(
+        long = "keepalive-rate",
+        default_value_t = 0.0,
+        value_name = "R",
+        value_parser = crate::cli::parse_rate
+    )]
     pub keepalive_per_second: f64,
 }
 

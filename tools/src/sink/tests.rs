@@ -1,31 +1,11 @@
+use bytes::Bytes;
 use prost::Message;
+use satmesh_proto::messages::{
+    LogData, LogDataBody, MeterData, MeterDataCollection, MeterSingleValue, SegmentCollection,
+    SegmentObject, TextLog,
+};
 
 use super::*;
-
-use crate::load::SegmentObject;
-use crate::selfreport::{MeterData, MeterDataCollection, MeterSingleValue};
-
-/// `SegmentCollection`: segments=1.
-#[derive(Clone, PartialEq, Message)]
-struct SegmentCollection {
-    #[prost(message, repeated, tag = "1")]
-    segments: Vec<SegmentObject>,
-}
-
-/// `LogData`: timestamp=1, service=2, serviceInstance=3, endpoint=4, body=5.
-#[derive(Clone, PartialEq, Message)]
-struct LogData {
-    #[prost(int64, tag = "1")]
-    timestamp: i64,
-    #[prost(string, tag = "2")]
-    service: String,
-    #[prost(string, tag = "3")]
-    service_instance: String,
-    #[prost(string, tag = "4")]
-    endpoint: String,
-    #[prost(bytes = "vec", tag = "5")]
-    body: Vec<u8>,
-}
 
 fn segment(service: &str, instance: &str) -> SegmentObject {
     crate::load::segment::shaped(service, instance, 300, 1_760_000_000_000)
@@ -37,7 +17,13 @@ fn log(service: &str, instance: &str) -> LogData {
         service: service.into(),
         service_instance: instance.into(),
         endpoint: "/checkout".into(),
-        body: b"hello".to_vec(),
+        body: Some(LogDataBody {
+            r#type: "text".into(),
+            text: Some(TextLog {
+                text: "hello".into(),
+            }),
+        }),
+        layer: String::new(),
     }
 }
 

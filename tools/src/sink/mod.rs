@@ -12,47 +12,55 @@
 //! decoding, and records arrival minus send time in an HdrHistogram, read with
 //! `GET /latency` and cleared with `POST /latency/reset`. Arrival is when the sink read
 //! the message off its stream; only acknowledged segments are recorded, as for counts.
+//!
+//! # Layout
+//!
+//! - this file: the faults, the counts and what `GET /counts` shows.
+//! - `service`: one connection's gRPC service: reads every call, plays the faults.
+//! - [`server`]: the gRPC accept loop (its own, on hyper) and the admin HTTP server.
 
 use std::collections::{BTreeMap, HashMap};
-use std::convert::Infallible;
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll};
 use std::time::Duration;
 
-use axum::Json;
-use axum::Router;
-use axum::extract::State as AxumState;
-use axum::routing::get;
 use bytes::Bytes;
-use futures_util::{Stream, StreamExt};
 use hdrhistogram::Histogram;
-use hyper::body::Incoming;
 use rand::RngExt;
+use satmesh_proto::paths::Payload;
 use serde::{Deserialize, Serialize};
-use tonic::{Code, Request, Response, Status, Streaming};
+use tonic::{Code, Status};
 
-use crate::codec::PassThrough;
 use crate::load::latency::{self, LatencySummary};
-use crate::protocol::{self, Payload, Shape};
 
-/// Faults the sink plays.
-#[derive(Clone, Debug, Deserialize, Serialize)]
+pub mod server;
+mod service;
+
+pub use server::{router, serve_admin, serve_grpc};
+
+/// Faults the sink plays: set by `satmesh sink`'s flags, read and changed at run time
+/// through `GET|POST /faults`.
+#[derive(Clone, Debug, Deserialize, Serialize, clap::Args)]
 #[serde(default)]
 pub struct Faults {
-    /// Sleep this long per message received.
+    /// Sleep this many milliseconds per message received.
+    #[arg(long, default_value_t = 0)]
     pub delay_per_message_ms: u64,
     /// Fail this fraction of calls (0.0..=1.0) with `fail_code`; they are not counted.
+    #[arg(long, default_value_t = 0.0)]
     pub fail_fraction: f64,
     /// gRPC status code number of failed calls (14 = UNAVAILABLE).
+    #[arg(long, default_value_t = Code::Unavailable as i32)]
     pub fail_code: i32,
-    /// Close new connections at once, before the HTTP/2 handshake.
+    /// Close every new connection at once, before the HTTP/2 handshake.
+    #[arg(long)]
     pub refuse: bool,
-    /// Answer sync and relayed calls with the request's bytes instead of an empty message.
+    /// Answer calls whose answer the agent reads (queries, sync reports, relayed
+    /// streams) with the request's bytes instead of an empty message.
+    #[arg(long)]
     pub echo: bool,
     /// Send a graceful GOAWAY on a connection once it has carried this many calls
     /// (0 = never), as an OAP being restarted or rebalanced does.
+    #[arg(long, default_value_t = 0)]
     pub goaway_after_calls: u64,
 }
 
@@ -191,7 +199,7 @@ impl Sink {
         self.counts.lock().expect("sink lock").latency.reset();
     }
 
-    fn fail(&self, path: &str, faults: &Faults) -> Option<Status> {
+    pub(crate) fn fail(&self, path: &str, faults: &Faults) -> Option<Status> {
         if faults.fail_fraction > 0.0 && rand::rng().random_bool(faults.fail_fraction.min(1.0)) {
             let mut c = self.counts.lock().expect("sink lock");
             c.methods.entry(path.to_owned()).or_default().failed_calls += 1;
@@ -205,7 +213,7 @@ impl Sink {
 
     /// Counts an acknowledged call. `arrived` holds each message's arrival time (Unix
     /// nanoseconds) for payloads whose delivery latency is measured, and is empty otherwise.
-    fn record(
+    pub(crate) fn record(
         &self,
         path: &str,
         payload: Payload,
@@ -233,7 +241,7 @@ impl Sink {
 }
 
 /// Whether the sink stamps arrivals of this payload: segments, alone or in collections.
-fn measures_delivery(payload: Payload) -> bool {
+pub(crate) fn measures_delivery(payload: Payload) -> bool {
     matches!(payload, Payload::Segment | Payload::SegmentCollection)
 }
 
@@ -307,176 +315,5 @@ fn count_instances(c: &mut Counts, payload: Payload, msg: &[u8]) {
     }
 }
 
-#[derive(Clone)]
-struct SinkService {
-    sink: Arc<Sink>,
-    conn: Arc<crate::frontdoor::ConnInfo>,
-    /// Calls started on this connection.
-    calls: Arc<std::sync::atomic::AtomicU64>,
-}
-
-type AnswerStream = Pin<Box<dyn Stream<Item = Result<Bytes, Status>> + Send>>;
-
-impl tower::Service<http::Request<Incoming>> for SinkService {
-    type Response = http::Response<tonic::body::Body>;
-    type Error = Infallible;
-    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Infallible>> + Send>>;
-
-    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, req: http::Request<Incoming>) -> Self::Future {
-        let sink = self.sink.clone();
-        let goaway_after = sink.faults().goaway_after_calls;
-        let calls = self
-            .calls
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
-            + 1;
-        if goaway_after > 0 && calls >= goaway_after {
-            self.conn.drain.cancel();
-        }
-        Box::pin(async move {
-            let path = req.uri().path().to_owned();
-            let method = protocol::lookup(&path).map(protocol::method);
-            let payload = method.map_or(Payload::Opaque, |m| m.payload);
-            // Sync and relayed paths may echo; reports always get an empty answer.
-            let echoes = method.is_some_and(|m| m.policy != protocol::Policy::Async);
-            let mut grpc = tonic::server::Grpc::new(PassThrough)
-                .max_decoding_message_size(usize::MAX)
-                .max_encoding_message_size(usize::MAX);
-            let response = if method.is_some_and(|m| m.shape == Shape::Bidi) {
-                let svc = tower::service_fn(move |r: Request<Streaming<Bytes>>| {
-                    let sink = sink.clone();
-                    let path = path.clone();
-                    async move {
-                        let faults = sink.faults();
-                        let auth = auth_of(&r);
-                        let answers = r.into_inner().map(move |m| {
-                            let m = m?;
-                            sink.record(&path, payload, &auth, std::slice::from_ref(&m), &[]);
-                            Ok(if faults.echo { m } else { Bytes::new() })
-                        });
-                        Ok::<_, Status>(Response::new(Box::pin(answers) as AnswerStream))
-                    }
-                });
-                grpc.streaming(svc, req).await
-            } else {
-                let svc = tower::service_fn(move |r: Request<Streaming<Bytes>>| {
-                    let sink = sink.clone();
-                    let path = path.clone();
-                    async move {
-                        let faults = sink.faults();
-                        let auth = auth_of(&r);
-                        let mut stream = r.into_inner();
-                        let mut messages = Vec::new();
-                        let mut arrived = Vec::new();
-                        let stamps = measures_delivery(payload);
-                        while let Some(m) = stream.message().await? {
-                            if stamps {
-                                arrived.push(latency::unix_nanos());
-                            }
-                            if faults.delay_per_message_ms > 0 {
-                                tokio::time::sleep(Duration::from_millis(
-                                    faults.delay_per_message_ms,
-                                ))
-                                .await;
-                            }
-                            messages.push(m);
-                        }
-                        if let Some(status) = sink.fail(&path, &faults) {
-                            return Err(status);
-                        }
-                        sink.record(&path, payload, &auth, &messages, &arrived);
-                        let answer = match messages.first() {
-                            Some(first) if faults.echo && echoes => first.clone(),
-                            _ => Bytes::new(),
-                        };
-                        Ok(Response::new(answer))
-                    }
-                });
-                grpc.client_streaming(svc, req).await
-            };
-            Ok(response)
-        })
-    }
-}
-
-fn auth_of<T>(r: &Request<T>) -> String {
-    r.metadata()
-        .get("authentication")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("")
-        .to_owned()
-}
-
-/// Serves the sink's gRPC side until `stop`.
-pub async fn serve_grpc(
-    sink: Arc<Sink>,
-    listener: tokio::net::TcpListener,
-    stop: tokio_util::sync::CancellationToken,
-) {
-    let connections = crate::frontdoor::Connections::default();
-    let settings = crate::frontdoor::H2Settings {
-        max_concurrent_streams: 1024,
-        stream_window_bytes: 4 * 1024 * 1024,
-        connection_window_bytes: 8 * 1024 * 1024,
-    };
-    let admit = {
-        let sink = sink.clone();
-        move |_: &crate::frontdoor::ConnInfo| !sink.faults().refuse
-    };
-    crate::frontdoor::accept::accept_loop(
-        listener,
-        settings,
-        connections.clone(),
-        stop,
-        admit,
-        move |conn| SinkService {
-            sink: sink.clone(),
-            conn,
-            calls: Default::default(),
-        },
-        |_| {},
-    )
-    .await;
-    connections.drain(Duration::from_secs(1)).await;
-}
-
-async fn get_counts(AxumState(sink): AxumState<Arc<Sink>>) -> Json<CountsView> {
-    Json(sink.counts())
-}
-
-async fn get_faults(AxumState(sink): AxumState<Arc<Sink>>) -> Json<Faults> {
-    Json(sink.faults())
-}
-
-async fn set_faults(AxumState(sink): AxumState<Arc<Sink>>, Json(f): Json<Faults>) -> Json<Faults> {
-    sink.set_faults(f);
-    Json(sink.faults())
-}
-
-async fn get_latency(AxumState(sink): AxumState<Arc<Sink>>) -> Json<LatencySummary> {
-    Json(sink.latency())
-}
-
-async fn reset_latency(AxumState(sink): AxumState<Arc<Sink>>) -> Json<LatencySummary> {
-    sink.reset_latency();
-    Json(sink.latency())
-}
-
-/// The sink's admin side: `GET /counts`, `GET|POST /faults`, `GET /latency`,
-/// `POST /latency/reset`.
-pub fn router(sink: Arc<Sink>) -> Router {
-    Router::new()
-        .route("/counts", get(get_counts))
-        .route("/faults", get(get_faults).post(set_faults))
-        .route("/latency", get(get_latency))
-        .route("/latency/reset", axum::routing::post(reset_latency))
-        .route("/healthz", get(|| async { "ok\n" }))
-        .with_state(sink)
-}
-
 #[cfg(test)]
-#[path = "sink_tests.rs"]
 mod tests;

@@ -4,10 +4,15 @@
 
 use std::time::Duration;
 
+use bytes::Bytes;
+use http_body_util::{BodyExt, Empty, Limited};
 use hyper::{Method, StatusCode};
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
 
 use super::latency::LatencySummary;
-use crate::http1::RequestError;
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// How long one admin request may take, connection included.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
@@ -18,17 +23,11 @@ const MAX_BODY_BYTES: usize = 64 << 10;
 #[derive(Debug, thiserror::Error)]
 pub enum SinkAdminError {
     #[error("cannot connect to the sink's admin address {addr}")]
-    Connect {
-        addr: String,
-        source: std::io::Error,
-    },
+    Connect { addr: String, source: BoxError },
     #[error("no answer from {addr} within {REQUEST_TIMEOUT:?}")]
     Timeout { addr: String },
     #[error("http error talking to {addr}")]
-    Http {
-        addr: String,
-        source: Box<dyn std::error::Error + Send + Sync>,
-    },
+    Http { addr: String, source: BoxError },
     #[error("http://{addr}{path} answered {status}")]
     Status {
         addr: String,
@@ -49,23 +48,38 @@ fn bare(admin: &str) -> &str {
     a.strip_suffix('/').unwrap_or(a)
 }
 
+/// One HTTP/1.1 request on a connection of its own (hyper's client).
 async fn request(
     addr: &str,
     method: Method,
     path: &'static str,
 ) -> Result<LatencySummary, SinkAdminError> {
-    let (status, body) = crate::http1::request(addr, method, path, None, MAX_BODY_BYTES)
+    let http = |source: BoxError| SinkAdminError::Http {
+        addr: addr.to_owned(),
+        source,
+    };
+    let request = hyper::Request::builder()
+        .method(method)
+        .uri(format!("http://{addr}{path}"))
+        .body(Empty::<Bytes>::new())
+        .map_err(|e| http(e.into()))?;
+    let client = Client::builder(TokioExecutor::new()).build_http();
+    let response = client.request(request).await.map_err(|e| {
+        if e.is_connect() {
+            SinkAdminError::Connect {
+                addr: addr.to_owned(),
+                source: e.into(),
+            }
+        } else {
+            http(e.into())
+        }
+    })?;
+    let status = response.status();
+    let body = Limited::new(response.into_body(), MAX_BODY_BYTES)
+        .collect()
         .await
-        .map_err(|e| match e {
-            RequestError::Connect(source) => SinkAdminError::Connect {
-                addr: addr.to_owned(),
-                source,
-            },
-            RequestError::Http(source) => SinkAdminError::Http {
-                addr: addr.to_owned(),
-                source,
-            },
-        })?;
+        .map_err(http)?
+        .to_bytes();
     if !status.is_success() {
         return Err(SinkAdminError::Status {
             addr: addr.to_owned(),

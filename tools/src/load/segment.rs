@@ -1,6 +1,6 @@
-//! Real-shaped trace segments, encoded with prost from the published field numbers of
-//! `language-agent/Tracing.proto` and `common/Common.proto`
-//! (apache/skywalking-data-collect-protocol v10.3.0), and the send time they carry.
+//! Real-shaped trace segments, encoded with prost (`satmesh_proto::messages`: the
+//! published field numbers of `language-agent/Tracing.proto` and `common/Common.proto`),
+//! and the send time they carry.
 //!
 //! # Shape
 //!
@@ -24,85 +24,9 @@ use std::io::Write;
 
 use bytes::Bytes;
 use prost::Message;
-
-/// `KeyStringValuePair` (Common.proto): key=1, value=2.
-#[derive(Clone, PartialEq, Message)]
-pub struct KeyStringValuePair {
-    #[prost(string, tag = "1")]
-    pub key: String,
-    #[prost(string, tag = "2")]
-    pub value: String,
-}
-
-/// `SpanType`: the role of a span in the RPC.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, prost::Enumeration)]
-#[repr(i32)]
-pub enum SpanType {
-    Entry = 0,
-    Exit = 1,
-    Local = 2,
-}
-
-/// `SpanLayer`: the tech stack of a span.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, prost::Enumeration)]
-#[repr(i32)]
-pub enum SpanLayer {
-    Unknown = 0,
-    Database = 1,
-    RpcFramework = 2,
-    Http = 3,
-    Mq = 4,
-    Cache = 5,
-}
-
-/// `SpanObject`: spanId=1, parentSpanId=2, startTime=3, endTime=4, (refs=5),
-/// operationName=6, peer=7, spanType=8, spanLayer=9, componentId=10, isError=11,
-/// tags=12, (logs=13), skipAnalysis=14. Times are Unix milliseconds.
-#[derive(Clone, PartialEq, Message)]
-pub struct SpanObject {
-    #[prost(int32, tag = "1")]
-    pub span_id: i32,
-    #[prost(int32, tag = "2")]
-    pub parent_span_id: i32,
-    #[prost(int64, tag = "3")]
-    pub start_time: i64,
-    #[prost(int64, tag = "4")]
-    pub end_time: i64,
-    #[prost(string, tag = "6")]
-    pub operation_name: String,
-    #[prost(string, tag = "7")]
-    pub peer: String,
-    #[prost(enumeration = "SpanType", tag = "8")]
-    pub span_type: i32,
-    #[prost(enumeration = "SpanLayer", tag = "9")]
-    pub span_layer: i32,
-    #[prost(int32, tag = "10")]
-    pub component_id: i32,
-    #[prost(bool, tag = "11")]
-    pub is_error: bool,
-    #[prost(message, repeated, tag = "12")]
-    pub tags: Vec<KeyStringValuePair>,
-    #[prost(bool, tag = "14")]
-    pub skip_analysis: bool,
-}
-
-/// `SegmentObject`: traceId=1, traceSegmentId=2, spans=3, service=4, serviceInstance=5,
-/// isSizeLimited=6.
-#[derive(Clone, PartialEq, Message)]
-pub struct SegmentObject {
-    #[prost(string, tag = "1")]
-    pub trace_id: String,
-    #[prost(string, tag = "2")]
-    pub trace_segment_id: String,
-    #[prost(message, repeated, tag = "3")]
-    pub spans: Vec<SpanObject>,
-    #[prost(string, tag = "4")]
-    pub service: String,
-    #[prost(string, tag = "5")]
-    pub service_instance: String,
-    #[prost(bool, tag = "6")]
-    pub is_size_limited: bool,
-}
+pub use satmesh_proto::messages::{
+    KeyStringValuePair, SegmentObject, SpanLayer, SpanObject, SpanType,
+};
 
 /// Spans in one segment at most; a larger segment is padded with tags.
 pub const MAX_SPANS: usize = 16;
@@ -334,5 +258,4 @@ pub fn sent_at(segment: &[u8]) -> Option<u64> {
 }
 
 #[cfg(test)]
-#[path = "segment_tests.rs"]
 mod tests;

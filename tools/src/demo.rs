@@ -3,16 +3,20 @@
 //! fleet whose target lists the peers first-address-first, so every agent starts on the
 //! first peer. It prints the tier's status table as the peers rebalance (and the URL of
 //! the status page), and stops cleanly on Ctrl-C or after the duration.
+//!
+//! The peers are satmesh's own, started by the binary through [`Tier`]: this crate does
+//! not link the satmesh library.
 
+use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::Config;
 use crate::load::{self, LoadSpec, Progress};
 use crate::sink::{Faults, Sink};
 
@@ -20,6 +24,38 @@ pub struct DemoSpec {
     pub agents: usize,
     pub peers: usize,
     pub duration: Option<Duration>,
+}
+
+/// What one peer of the demo tier is started with; the rest of its config is the default.
+#[derive(Clone, Debug)]
+pub struct PeerSpec {
+    /// `cluster.node_id`.
+    pub node_id: String,
+    /// `upstream.static`: the demo's sinks.
+    pub oaps: Vec<SocketAddr>,
+    /// `cluster.gossip_listen`, picked free by the demo.
+    pub gossip: SocketAddr,
+    /// `cluster.seeds`: every peer's gossip address.
+    pub seeds: Vec<SocketAddr>,
+}
+
+/// A started peer: where it listens (agents' gRPC and admin, both on port 0 of
+/// loopback), and how to stop it.
+pub struct PeerHandle {
+    pub grpc: SocketAddr,
+    pub admin: SocketAddr,
+    /// Cancelled to shut the peer down.
+    pub stop: CancellationToken,
+    /// Ends when the peer has shut down.
+    pub task: JoinHandle<anyhow::Result<()>>,
+}
+
+/// satmesh's side of the demo, given by the binary.
+pub trait Tier {
+    /// Binds and starts one peer.
+    fn start_peer(&self, peer: PeerSpec) -> impl Future<Output = anyhow::Result<PeerHandle>>;
+    /// The tier's status table as `satmesh status` prints it, read from a peer's admin.
+    fn status(&self, admin: SocketAddr) -> impl Future<Output = anyhow::Result<String>>;
 }
 
 async fn start_sink(stop: &CancellationToken) -> anyhow::Result<(Arc<Sink>, SocketAddr)> {
@@ -30,51 +66,34 @@ async fn start_sink(stop: &CancellationToken) -> anyhow::Result<(Arc<Sink>, Sock
     Ok((sink, addr))
 }
 
-pub async fn run(spec: DemoSpec, stop: CancellationToken) -> anyhow::Result<()> {
+pub async fn run(spec: DemoSpec, tier: impl Tier, stop: CancellationToken) -> anyhow::Result<()> {
     let sinks_stop = CancellationToken::new();
     let mut sinks = Vec::new();
     for _ in 0..2 {
         sinks.push(start_sink(&sinks_stop).await?);
     }
-    let oaps: Vec<String> = sinks.iter().map(|(_, a)| a.to_string()).collect();
+    let oaps: Vec<SocketAddr> = sinks.iter().map(|(_, a)| *a).collect();
 
     // Gossip ports are picked first so every peer can list all of them as seeds.
     let mut gossip = Vec::new();
     for _ in 0..spec.peers {
         gossip.push(std::net::UdpSocket::bind("127.0.0.1:0")?.local_addr()?);
     }
-    let seeds: Vec<String> = gossip.iter().map(|a| a.to_string()).collect();
     let mut peers = Vec::new();
-    let mut grpc_addrs = Vec::new();
-    let mut admin_addrs = Vec::new();
     for (i, g) in gossip.iter().enumerate() {
-        let env = [
-            ("SATMESH__SERVER__LISTEN", "127.0.0.1:0".to_owned()),
-            ("SATMESH__ADMIN__LISTEN", "127.0.0.1:0".to_owned()),
-            ("SATMESH__UPSTREAM__STATIC", oaps.join(",")),
-            ("SATMESH__CLUSTER__NODE_ID", format!("peer-{i}")),
-            ("SATMESH__CLUSTER__GOSSIP_LISTEN", g.to_string()),
-            ("SATMESH__CLUSTER__SEEDS", seeds.join(",")),
-        ];
-        let config = Config::load(
-            None,
-            Some(
-                env.iter()
-                    .map(|(k, v)| (k.to_string(), v.clone()))
-                    .collect(),
-            ),
-        )?;
-        let listeners = crate::peer::Listeners::bind(&config).await?;
-        let (grpc, admin) = listeners.addrs()?;
-        grpc_addrs.push(grpc);
-        admin_addrs.push(admin);
-        let peer_stop = CancellationToken::new();
-        let task = tokio::spawn(crate::peer::run(config, listeners, {
-            let s = peer_stop.clone();
-            async move { s.cancelled().await }
-        }));
-        peers.push((peer_stop, task));
+        peers.push(
+            tier.start_peer(PeerSpec {
+                node_id: format!("peer-{i}"),
+                oaps: oaps.clone(),
+                gossip: *g,
+                seeds: gossip.clone(),
+            })
+            .await?,
+        );
     }
+    let grpc_addrs: Vec<SocketAddr> = peers.iter().map(|p| p.grpc).collect();
+    let admin_addrs: Vec<SocketAddr> = peers.iter().map(|p| p.admin).collect();
+    let oaps: Vec<String> = oaps.iter().map(|a| a.to_string()).collect();
     println!("fake OAPs     {}", oaps.join(", "));
     for (i, (g, a)) in grpc_addrs.iter().zip(&admin_addrs).enumerate() {
         println!("peer-{i}        grpc={g} status page: http://{a}/status");
@@ -110,7 +129,7 @@ pub async fn run(spec: DemoSpec, stop: CancellationToken) -> anyhow::Result<()> 
     ));
     let mut tick = tokio::time::interval(Duration::from_secs(2));
     let until = spec.duration.map(|d| tokio::time::Instant::now() + d);
-    let admin0 = admin_addrs[0].to_string();
+    let admin0 = admin_addrs[0];
     loop {
         tokio::select! {
             _ = tick.tick() => {}
@@ -122,7 +141,7 @@ pub async fn run(spec: DemoSpec, stop: CancellationToken) -> anyhow::Result<()> 
             .map(|(s, _)| s.counts().methods.values().map(|m| m.messages).sum::<u64>())
             .sum();
         println!();
-        match crate::status::cli::run(&admin0, false).await {
+        match tier.status(admin0).await {
             Ok(table) => println!("{}", table.trim_end()),
             Err(e) => println!("status: {e}"),
         }
@@ -140,11 +159,11 @@ pub async fn run(spec: DemoSpec, stop: CancellationToken) -> anyhow::Result<()> 
         load_stop.cancel();
     }
     let _ = fleet.await;
-    for (peer_stop, _) in &peers {
-        peer_stop.cancel();
+    for peer in &peers {
+        peer.stop.cancel();
     }
-    for (_, task) in peers {
-        task.await??;
+    for peer in peers {
+        peer.task.await??;
     }
     let sent = progress.messages.load(Ordering::Relaxed);
     let arrived: u64 = sinks

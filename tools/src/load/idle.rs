@@ -23,7 +23,7 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
 use super::KEEPALIVE_PATH;
-use crate::codec::grpc_frame;
+use satmesh_proto::codec::grpc_frame;
 
 /// Connections set up at once: enough to open 10,000 in a few seconds on loopback,
 /// few enough not to overflow the peer's accept backlog.

@@ -1,11 +1,12 @@
-//! Meter reports and keepAlive pings, encoded with prost from the published field numbers
-//! (`language-agent/Meter.proto` through [`crate::selfreport`]'s structs, and
+//! Meter reports and keepAlive pings, encoded with prost (`satmesh_proto::messages`: the
+//! published field numbers of `language-agent/Meter.proto` and
 //! `management/Management.proto`).
 
 use bytes::Bytes;
 use prost::Message;
 
-use crate::selfreport::{Label, MeterData, MeterSingleValue};
+pub use satmesh_proto::messages::InstancePingPkg;
+use satmesh_proto::messages::{Label, MeterData, MeterSingleValue};
 
 pub const METER_PATH: &str = "/skywalking.v3.MeterReportService/collect";
 pub const KEEPALIVE_PATH: &str = "/skywalking.v3.ManagementService/keepAlive";
@@ -51,18 +52,6 @@ pub fn report(service: &str, instance: &str, count: usize, timestamp_ms: i64) ->
             .into()
         })
         .collect()
-}
-
-/// `InstancePingPkg`: service=1, serviceInstance=2, layer=3.
-#[derive(Clone, PartialEq, Message)]
-pub struct InstancePingPkg {
-    #[prost(string, tag = "1")]
-    pub service: String,
-    #[prost(string, tag = "2")]
-    pub service_instance: String,
-    /// Empty: the OAP reads it as `GENERAL`, as it does for agents that do not set it.
-    #[prost(string, tag = "3")]
-    pub layer: String,
 }
 
 /// One keepAlive ping of an instance.
