@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use satmesh::config::{Config, LogFormat};
+use satmesh::config::{Config, ConfigError, LogFormat};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tracing_subscriber::EnvFilter;
@@ -174,7 +174,7 @@ async fn signals(token: CancellationToken) {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
-        Command::CheckConfig { file } => match Config::load(file.as_deref(), None) {
+        Command::CheckConfig { file } => match load(file.as_deref()) {
             Ok(config) => {
                 use std::io::Write;
                 let text = serde_json::to_string_pretty(&config).expect("config serializes");
@@ -188,7 +188,7 @@ fn main() -> ExitCode {
             }
         },
         Command::Run { config } => {
-            let config = match Config::load(config.as_deref(), None).and_then(|c| {
+            let config = match load(config.as_deref()).and_then(|c| {
                 c.require_upstream()?;
                 Ok(c)
             }) {
@@ -326,6 +326,14 @@ fn report(result: anyhow::Result<()>) -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// The config file (if any) and the environment, checked as `run` would: the protocol
+/// table must accept `routing`.
+fn load(file: Option<&std::path::Path>) -> Result<Config, ConfigError> {
+    let config = Config::load(file, None)?;
+    satmesh::protocol::route_policies(&config.routing)?;
+    Ok(config)
 }
 
 async fn run(config: Config) -> anyhow::Result<()> {

@@ -16,12 +16,11 @@ use tracing::{info, warn};
 
 use crate::admin::{self, AdminState};
 use crate::config::Config;
-use crate::frontdoor::{self, Connections, H2Settings, Handler, State};
+use crate::frontdoor::{self, Connections, H2Settings, Handler, LifecycleSettings, State};
 use crate::metrics::Metrics;
 use crate::pipeline::batcher::Batcher;
 use crate::pipeline::delivery::Delivery;
 use crate::pipeline::{EventQueue, MemoryQueue, Placement};
-use crate::protocol::METHODS;
 use crate::tier::{Tier, TierInputs};
 use crate::upstream::conn::ConnectSettings;
 use crate::upstream::{Health, Pool, discovery, kubernetes};
@@ -35,8 +34,8 @@ pub struct Listeners {
 impl Listeners {
     pub async fn bind(config: &Config) -> std::io::Result<Listeners> {
         Ok(Listeners {
-            grpc: TcpListener::bind(config.server_addr()).await?,
-            admin: TcpListener::bind(config.admin_addr()).await?,
+            grpc: TcpListener::bind(config.server.listen).await?,
+            admin: TcpListener::bind(config.admin.listen).await?,
         })
     }
 
@@ -80,8 +79,10 @@ pub async fn run(
         },
         metrics.clone(),
     );
-    let weights = config.weights()?;
-    let sources = discovery::sources(&up.static_nodes, up.dns.as_deref(), &weights);
+    let weights = up.weight_map();
+    let names: Vec<String> = up.static_nodes.iter().map(ToString::to_string).collect();
+    let dns = up.dns.as_ref().map(ToString::to_string);
+    let sources = discovery::sources(&names, dns.as_deref(), &weights);
     let stop_discovery = CancellationToken::new();
     let pods = match &up.kubernetes {
         Some(k8s) => Some(kubernetes::spawn(k8s, stop_discovery.clone()).await?),
@@ -98,20 +99,17 @@ pub async fn run(
 
     let token = match &up.token {
         Some(t) => Some(MetadataValue::try_from(t.as_str()).map_err(|_| {
-            crate::config::ConfigError::Invalid {
-                key: "upstream.token".into(),
-                reason: "not a valid header value".into(),
-            }
+            crate::config::ConfigError::invalid("upstream.token", "not a valid header value")
         })?),
         None => None,
     };
-    let policies: Vec<_> = METHODS
-        .iter()
-        .map(|m| config.route_policy(m.protocol))
-        .collect();
+    let policies = crate::protocol::route_policies(&config.routing)?;
 
     // Every agent connection's lifecycle; the tier reads it and (shedding) drains from it.
-    let connections = Connections::new(config.lifecycle(), Some(metrics.front_door.clone()));
+    let connections = Connections::new(
+        LifecycleSettings::from(&config),
+        Some(metrics.front_door.clone()),
+    );
     let (grpc_addr, admin_addr) = listeners.addrs()?;
     // The shedder's latest decision and its recent rounds: the tier gossips the decision,
     // `/status` shows both.
@@ -119,8 +117,8 @@ pub async fn run(
     let shed_history = crate::shed::ShedHistory::default();
     let shed_decision = config.balance.enabled.then(|| shed_state.subscribe());
     let tier = Tier::start(
-        config.node_id(),
-        config.cluster_settings()?,
+        crate::tier::node_id(&config.cluster),
+        crate::tier::cluster_settings(&config.cluster),
         TierInputs {
             pool: pool.clone(),
             connections: connections.clone(),
@@ -138,13 +136,13 @@ pub async fn run(
         if config.balance.turn_away {
             connections.set_admission(Some(Arc::new(crate::shed::OverShare {
                 view: tier.watch(),
-                settings: config.balance.settings(),
+                settings: crate::shed::settings(&config.balance),
             })));
         }
         tokio::spawn(crate::shed::run(
             connections.clone(),
             tier.watch(),
-            config.balance.settings(),
+            crate::shed::settings(&config.balance),
             config.balance.interval,
             shed_state.clone(),
             shed_history.clone(),
@@ -283,7 +281,8 @@ pub async fn run(
     // window is cut so the last grace ends by the deadline.
     let phase = Instant::now();
     let spread = config
-        .shutdown_drain_window()
+        .shutdown
+        .drain_window
         .min(budget.left().saturating_sub(grace));
     let hard_before = closed_hard(&connections);
     report.connections_closed_hard =

@@ -23,6 +23,7 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tracing::info;
 
+use crate::config;
 use crate::frontdoor::Connections;
 use crate::frontdoor::lifecycle::DrainReason;
 use crate::metrics::Metrics;
@@ -43,6 +44,31 @@ const UP_AFTER: Duration = satmesh_cluster::ring_members::DEFAULT_UP_AFTER;
 /// How long `drain` waits for `draining` to reach this peer's own gossip state (it takes
 /// milliseconds: the publisher and the cluster driver both wake on the change).
 const PUBLISH_WITHIN: Duration = Duration::from_secs(1);
+
+/// This peer's node id: `cluster.node_id`, else the host name.
+pub fn node_id(cluster: &config::Cluster) -> String {
+    cluster
+        .node_id
+        .clone()
+        .unwrap_or_else(satmesh_cluster::settings::hostname)
+}
+
+/// The gossip settings of `cluster`; None when `cluster.seeds` is empty (the peer runs
+/// alone). `Cluster::join` checks them.
+pub fn cluster_settings(cluster: &config::Cluster) -> Option<ClusterSettings> {
+    if cluster.seeds.is_empty() {
+        return None;
+    }
+    Some(ClusterSettings {
+        node_id: node_id(cluster),
+        gossip_listen: cluster.gossip_listen,
+        advertise: cluster.advertise,
+        seeds: cluster.seeds.iter().map(ToString::to_string).collect(),
+        cluster_id: cluster.cluster_id.clone(),
+        gossip_interval: Duration::from_millis(cluster.gossip_interval_ms),
+        ..Default::default()
+    })
+}
 
 impl Placement for SharedRing {
     fn place(&self, key: &[u8]) -> Option<SocketAddr> {

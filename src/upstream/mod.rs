@@ -27,8 +27,8 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use crate::config::RoutePolicy;
 use crate::metrics::Metrics;
+use crate::protocol::RoutePolicy;
 pub use call::CallError;
 use conn::ConnectSettings;
 use select::Schedule;
