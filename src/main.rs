@@ -8,6 +8,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use satmesh::config::{Config, ConfigError, LogFormat};
+use satmesh::peer::{Listeners, Peer};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tracing_subscriber::EnvFilter;
@@ -336,16 +337,19 @@ fn load(file: Option<&std::path::Path>) -> Result<Config, ConfigError> {
     Ok(config)
 }
 
+/// Runs a peer until SIGTERM or SIGINT, then shuts it down.
 async fn run(config: Config) -> anyhow::Result<()> {
-    let listeners = satmesh::peer::Listeners::bind(&config)
+    let listeners = Listeners::bind(&config)
         .await
         .context("binding listeners")?;
-    let (grpc, admin) = listeners.addrs()?;
-    println!("satmesh listening grpc={grpc} admin={admin}");
-    tracing::info!(%grpc, %admin, "satmesh listening");
     let stop = CancellationToken::new();
     tokio::spawn(signals(stop.clone()));
-    satmesh::peer::run(config, listeners, async move { stop.cancelled().await }).await?;
+    let peer = Peer::start(config, listeners).await?;
+    let (grpc, admin) = (peer.grpc_addr(), peer.admin_addr());
+    println!("satmesh listening grpc={grpc} admin={admin}");
+    tracing::info!(%grpc, %admin, "satmesh listening");
+    stop.cancelled().await;
+    peer.shutdown().await;
     Ok(())
 }
 

@@ -21,6 +21,7 @@ use satmesh_cluster::{
 };
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 use tracing::info;
 
 use crate::config;
@@ -102,7 +103,9 @@ pub struct Tier {
     /// Set once `drain` has published `draining` to live peers, so `leave` does not wait
     /// again.
     told: AtomicBool,
+    /// Stops the publisher and the ring upkeep (a child of the peer's root token).
     stop: CancellationToken,
+    /// Those two tasks, joined by `leave` (they run on the peer's tracker).
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
@@ -140,11 +143,14 @@ fn alone(id: &PeerId, facts: PeerFacts) -> ClusterView {
 }
 
 impl Tier {
-    /// Joins the tier (`settings` None: runs alone) and starts publishing and ring upkeep.
+    /// Joins the tier (`settings` None: runs alone) and starts publishing and ring upkeep
+    /// on `tasks`, until `stop` or `leave`.
     pub async fn start(
         node_id: String,
         settings: Option<ClusterSettings>,
         inputs: TierInputs,
+        tasks: &TaskTracker,
+        stop: CancellationToken,
     ) -> Result<Tier, satmesh_cluster::ClusterError> {
         let ring = Arc::new(SharedRing::new(Ring::new::<String>(&[])));
         // Listeners on 0.0.0.0 are advertised with the address peers gossip to.
@@ -195,10 +201,9 @@ impl Tier {
                 (None, rx, Sink::Alone(id, tx))
             }
         };
-        let stop = CancellationToken::new();
         let (draining, draining_rx) = watch::channel(false);
         let tasks = vec![
-            tokio::spawn(publish_facts(
+            tasks.spawn(publish_facts(
                 inputs,
                 facts,
                 sink,
@@ -206,7 +211,7 @@ impl Tier {
                 draining_rx,
                 stop.clone(),
             )),
-            tokio::spawn(keep_ring(view.clone(), ring.clone(), stop.clone())),
+            tasks.spawn(keep_ring(view.clone(), ring.clone(), stop.clone())),
         ];
         Ok(Tier {
             ring,

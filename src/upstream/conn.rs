@@ -12,6 +12,7 @@ use hyper::client::conn::http2::SendRequest;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
 use super::body::UpBody;
@@ -61,6 +62,7 @@ enum ConnectError {
 async fn connect(
     addr: SocketAddr,
     timeout: Duration,
+    tasks: &TaskTracker,
 ) -> Result<(SendRequest<UpBody>, tokio::task::JoinHandle<()>), ConnectError> {
     let attempt = async {
         let stream = TcpStream::connect(addr).await?;
@@ -80,7 +82,7 @@ async fn connect(
             .keep_alive_while_idle(true)
             .handshake(TokioIo::new(stream))
             .await?;
-        let driver = tokio::spawn(async move {
+        let driver = tasks.spawn(async move {
             if let Err(e) = conn.await {
                 debug!(%addr, error = %e, "upstream connection ended with an error");
             }
@@ -92,13 +94,19 @@ async fn connect(
         .map_err(|_| ConnectError::Timeout)?
 }
 
-/// Keeps `node` connected until `stop` fires.
-pub async fn manage(node: Arc<Node>, settings: ConnectSettings, stop: CancellationToken) {
+/// Keeps `node` connected until `stop` fires; each connection's driver runs on `tasks`
+/// (it ends once the connection's last stream has).
+pub async fn manage(
+    node: Arc<Node>,
+    settings: ConnectSettings,
+    stop: CancellationToken,
+    tasks: TaskTracker,
+) {
     let mut failures = 0u32;
     loop {
         let attempt = tokio::select! {
             _ = stop.cancelled() => return,
-            attempt = connect(node.addr, settings.connect_timeout) => attempt,
+            attempt = connect(node.addr, settings.connect_timeout, &tasks) => attempt,
         };
         match attempt {
             Ok((sender, driver)) => {
