@@ -3,7 +3,8 @@
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use satmesh::config::{Config, LogFormat};
+use satmesh::config::{Config, ConfigError, LogFormat};
+use satmesh::peer::{Listeners, Peer};
 use satmesh_tools::demo::{PeerHandle, PeerSpec};
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -100,7 +101,7 @@ fn main() -> ExitCode {
         return ExitCode::SUCCESS;
     }
     match cli.command {
-        Command::CheckConfig { file } => match Config::load(file.as_deref(), None) {
+        Command::CheckConfig { file } => match load(file.as_deref()) {
             Ok(config) => {
                 use std::io::Write;
                 let text = serde_json::to_string_pretty(&config).expect("config serializes");
@@ -114,7 +115,7 @@ fn main() -> ExitCode {
             }
         },
         Command::Run { config } => {
-            let config = match Config::load(config.as_deref(), None).and_then(|c| {
+            let config = match load(config.as_deref()).and_then(|c| {
                 c.require_upstream()?;
                 Ok(c)
             }) {
@@ -186,16 +187,27 @@ fn report(result: anyhow::Result<()>) -> ExitCode {
     }
 }
 
+/// The config file (if any) and the environment, checked as `run` would: the protocol
+/// table must accept `routing`.
+fn load(file: Option<&std::path::Path>) -> Result<Config, ConfigError> {
+    let config = Config::load(file, None)?;
+    satmesh::protocol::route_policies(&config.routing)?;
+    Ok(config)
+}
+
+/// Runs a peer until SIGTERM or SIGINT, then shuts it down.
 async fn run(config: Config) -> anyhow::Result<()> {
-    let listeners = satmesh::peer::Listeners::bind(&config)
+    let listeners = Listeners::bind(&config)
         .await
         .context("binding listeners")?;
-    let (grpc, admin) = listeners.addrs()?;
-    println!("satmesh listening grpc={grpc} admin={admin}");
-    tracing::info!(%grpc, %admin, "satmesh listening");
     let stop = CancellationToken::new();
     tokio::spawn(signals(stop.clone()));
-    satmesh::peer::run(config, listeners, async move { stop.cancelled().await }).await?;
+    let peer = Peer::start(config, listeners).await?;
+    let (grpc, admin) = (peer.grpc_addr(), peer.admin_addr());
+    println!("satmesh listening grpc={grpc} admin={admin}");
+    tracing::info!(%grpc, %admin, "satmesh listening");
+    stop.cancelled().await;
+    peer.shutdown().await;
     Ok(())
 }
 

@@ -8,6 +8,8 @@
 use satmesh_proto::paths::{Answer, PATHS, Path};
 pub use satmesh_proto::paths::{Payload, SKYWALKING_PATHS, Shape};
 
+use crate::config::{ConfigError, Route, Routing};
+
 /// How satmesh carries one path.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Policy {
@@ -92,6 +94,70 @@ pub fn protocols() -> Vec<&'static str> {
     names
 }
 
+/// How an upstream node is chosen for one method's calls (`routing` in config says why
+/// each exists).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum RoutePolicy {
+    /// Every node in turn.
+    #[default]
+    RoundRobin,
+    /// Every node in turn, in proportion to its weight.
+    Weighted,
+    /// By the service instance of the call's first message, on the tier's shared ring.
+    Fixed,
+}
+
+impl From<Route> for RoutePolicy {
+    fn from(route: Route) -> RoutePolicy {
+        match route {
+            Route::RoundRobin => RoutePolicy::RoundRobin,
+            Route::Weighted => RoutePolicy::Weighted,
+            Route::Fixed => RoutePolicy::Fixed,
+        }
+    }
+}
+
+/// The policy of `protocol`: its `routing.protocols` entry, else `fixed` for `meter`
+/// (the OAP keeps per-instance state of meter data: rates, increases), else
+/// `routing.default`.
+pub fn route_policy(routing: &Routing, protocol: &str) -> RoutePolicy {
+    match routing.protocols.get(protocol) {
+        Some(route) => (*route).into(),
+        None if protocol == "meter" => RoutePolicy::Fixed,
+        None => routing.default.into(),
+    }
+}
+
+/// Each method's policy, indexed by [`MethodId`]. Refuses, naming
+/// `routing.protocols.NAME`, a protocol the table does not know and `fixed` for a
+/// protocol whose messages carry no service and instance.
+pub fn route_policies(routing: &Routing) -> Result<Vec<RoutePolicy>, ConfigError> {
+    let known = protocols();
+    for (protocol, route) in &routing.protocols {
+        let key = format!("routing.protocols.{protocol}");
+        if !known.contains(&protocol.as_str()) {
+            return Err(ConfigError::invalid(
+                &key,
+                format!("unknown protocol; known: {}", known.join(", ")),
+            ));
+        }
+        let keyed = METHODS
+            .iter()
+            .filter(|m| m.protocol == protocol)
+            .all(|m| m.payload.key_fields().is_some());
+        if *route == Route::Fixed && !keyed {
+            return Err(ConfigError::invalid(
+                &key,
+                "fixed needs a service and instance in every message; this protocol's messages carry none",
+            ));
+        }
+    }
+    Ok(METHODS
+        .iter()
+        .map(|m| route_policy(routing, m.protocol))
+        .collect())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -126,5 +192,42 @@ mod tests {
                 Policy::Async => assert_ne!(m.shape, Shape::Bidi, "{}", m.path),
             }
         }
+    }
+
+    fn routing(protocols: &[(&str, Route)]) -> Routing {
+        Routing {
+            default: Route::RoundRobin,
+            protocols: protocols
+                .iter()
+                .map(|(name, route)| (name.to_string(), *route))
+                .collect(),
+        }
+    }
+
+    fn policy_at(policies: &[RoutePolicy], path: &str) -> RoutePolicy {
+        policies[usize::from(lookup(path).unwrap())]
+    }
+
+    #[test]
+    fn each_method_gets_its_protocols_policy_and_meter_is_fixed_unless_listed() {
+        let segments = "/skywalking.v3.TraceSegmentReportService/collect";
+        let meter = "/skywalking.v3.MeterReportService/collect";
+        let policies = route_policies(&routing(&[("trace", Route::Weighted)])).unwrap();
+        assert_eq!(policies.len(), METHODS.len());
+        assert_eq!(policy_at(&policies, segments), RoutePolicy::Weighted);
+        assert_eq!(policy_at(&policies, meter), RoutePolicy::Fixed);
+        let policies = route_policies(&routing(&[("meter", Route::RoundRobin)])).unwrap();
+        assert_eq!(policy_at(&policies, segments), RoutePolicy::RoundRobin);
+        assert_eq!(policy_at(&policies, meter), RoutePolicy::RoundRobin);
+    }
+
+    #[test]
+    fn unknown_protocols_and_impossible_fixed_are_refused_naming_the_key() {
+        let e = route_policies(&routing(&[("traces", Route::Weighted)])).unwrap_err();
+        assert!(e.to_string().contains("routing.protocols.traces"), "{e}");
+        assert!(e.to_string().contains("known: trace"), "{e}");
+        let e = route_policies(&routing(&[("event", Route::Fixed)])).unwrap_err();
+        assert!(e.to_string().contains("routing.protocols.event"), "{e}");
+        assert!(route_policies(&routing(&[("log", Route::Fixed)])).is_ok());
     }
 }

@@ -24,11 +24,11 @@ use prost::Message;
 use tokio::time::MissedTickBehavior;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{Config, RoutePolicy};
+use crate::config::Config;
 use crate::frontdoor::Connections;
 use crate::metrics::Metrics;
 use crate::pipeline::{Event, EventQueue, key_of};
-use crate::protocol::{self, METHODS, MethodId, Payload};
+use crate::protocol::{self, METHODS, MethodId, Payload, RoutePolicy};
 
 /// The path Satellite's exporter reports on.
 pub const PATH: &str = "/skywalking.v3.MeterReportService/collectBatch";
@@ -207,8 +207,11 @@ impl Reporter {
             connections,
             interval: r.interval,
             service: r.service.clone(),
-            instance: r.instance.clone().unwrap_or_else(|| config.node_id()),
-            fixed: config.route_policy("meter") == RoutePolicy::Fixed,
+            instance: r
+                .instance
+                .clone()
+                .unwrap_or_else(|| crate::tier::node_id(&config.cluster)),
+            fixed: protocol::route_policy(&config.routing, "meter") == RoutePolicy::Fixed,
         }
     }
 

@@ -18,10 +18,23 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tracing::info;
 
+use crate::config;
 use crate::frontdoor::Connections;
 use crate::frontdoor::admission::{Admission, Admit, Arrival, TurnAway};
 use crate::frontdoor::lifecycle::DrainReason;
 use crate::frontdoor::registry::ConnSnapshot;
+
+/// The decision's settings from `balance` (the rest keep the decision's defaults).
+pub fn settings(balance: &config::Balance) -> BalanceSettings {
+    BalanceSettings {
+        tolerance: balance.tolerance,
+        below: balance.below,
+        step: balance.step,
+        max_per_interval: balance.max_per_interval,
+        max_staleness: balance.max_staleness,
+        ..Default::default()
+    }
+}
 
 /// Turns connections away while this peer is above its share of the tier.
 pub struct OverShare {
@@ -168,6 +181,15 @@ mod tests {
             serving: 100,
             mean: 66.7,
         }
+    }
+
+    #[test]
+    fn config_defaults_are_the_decisions_own() {
+        // `config/satmesh.yaml` documents these; the decision's tests assume them.
+        assert_eq!(
+            settings(&config::Balance::default()),
+            BalanceSettings::default()
+        );
     }
 
     #[test]

@@ -19,8 +19,10 @@ use satmesh_cluster::{
 };
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 use tracing::info;
 
+use crate::config;
 use crate::frontdoor::Connections;
 use crate::frontdoor::lifecycle::DrainReason;
 use crate::metrics::Metrics;
@@ -41,6 +43,31 @@ const UP_AFTER: Duration = satmesh_cluster::ring_members::DEFAULT_UP_AFTER;
 /// How long `drain` waits for `draining` to reach this peer's own gossip state (it takes
 /// milliseconds: the publisher and the cluster driver both wake on the change).
 const PUBLISH_WITHIN: Duration = Duration::from_secs(1);
+
+/// This peer's node id: `cluster.node_id`, else the host name.
+pub fn node_id(cluster: &config::Cluster) -> String {
+    cluster
+        .node_id
+        .clone()
+        .unwrap_or_else(satmesh_cluster::settings::hostname)
+}
+
+/// The gossip settings of `cluster`; None when `cluster.seeds` is empty (the peer runs
+/// alone). `Cluster::join` checks them.
+pub fn cluster_settings(cluster: &config::Cluster) -> Option<ClusterSettings> {
+    if cluster.seeds.is_empty() {
+        return None;
+    }
+    Some(ClusterSettings {
+        node_id: node_id(cluster),
+        gossip_listen: cluster.gossip_listen,
+        advertise: cluster.advertise,
+        seeds: cluster.seeds.iter().map(ToString::to_string).collect(),
+        cluster_id: cluster.cluster_id.clone(),
+        gossip_interval: Duration::from_millis(cluster.gossip_interval_ms),
+        ..Default::default()
+    })
+}
 
 impl Placement for SharedRing {
     fn place(&self, key: &[u8]) -> Option<SocketAddr> {
@@ -74,7 +101,9 @@ pub struct Tier {
     /// Set once `drain` has published `draining` to live peers, so `leave` does not wait
     /// again.
     told: AtomicBool,
+    /// Stops the publisher and the ring upkeep (a child of the peer's root token).
     stop: CancellationToken,
+    /// Those two tasks, joined by `leave` (they run on the peer's tracker).
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
@@ -112,11 +141,14 @@ fn alone(id: &PeerId, facts: PeerFacts) -> ClusterView {
 }
 
 impl Tier {
-    /// Joins the tier (`settings` None: runs alone) and starts publishing and ring upkeep.
+    /// Joins the tier (`settings` None: runs alone) and starts publishing and ring upkeep
+    /// on `tasks`, until `stop` or `leave`.
     pub async fn start(
         node_id: String,
         settings: Option<ClusterSettings>,
         inputs: TierInputs,
+        tasks: &TaskTracker,
+        stop: CancellationToken,
     ) -> Result<Tier, satmesh_cluster::ClusterError> {
         let ring = Arc::new(SharedRing::new(Ring::new::<String>(&[])));
         // Listeners on 0.0.0.0 are advertised with the address peers gossip to.
@@ -167,10 +199,9 @@ impl Tier {
                 (None, rx, Sink::Alone(id, tx))
             }
         };
-        let stop = CancellationToken::new();
         let (draining, draining_rx) = watch::channel(false);
         let tasks = vec![
-            tokio::spawn(publish_facts(
+            tasks.spawn(publish_facts(
                 inputs,
                 facts,
                 sink,
@@ -178,7 +209,7 @@ impl Tier {
                 draining_rx,
                 stop.clone(),
             )),
-            tokio::spawn(keep_ring(view.clone(), ring.clone(), stop.clone())),
+            tasks.spawn(keep_ring(view.clone(), ring.clone(), stop.clone())),
         ];
         Ok(Tier {
             ring,

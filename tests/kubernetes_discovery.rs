@@ -324,6 +324,7 @@ async fn discovery_joins_the_pods_with_the_static_nodes() {
             backoff_max: Duration::from_secs(5),
         },
         Arc::new(Metrics::new()),
+        tokio_util::task::TaskTracker::new(),
     );
     let weights = BTreeMap::from([("127.0.0.2:1".to_owned(), 3), ("127.0.0.1:1".to_owned(), 2)]);
     let sources = discovery::sources(&["127.0.0.1:1".to_owned()], None, &weights);

@@ -1,7 +1,8 @@
 //! The connection lifecycle through the real binary: draining one connection, ending a
 //! long-lived client-stream between two messages (never inside one), the connection limit
 //! with a multi-address client, max connection age, a SIGTERM drain spread over its
-//! window, and the real Python and Rust agents drained mid-run losing nothing.
+//! window, the peer's shutdown ending every task it started, and the real Python and
+//! Rust agents drained mid-run losing nothing.
 //! Every message is counted at the sink.
 
 mod common;
@@ -11,6 +12,8 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use common::*;
 use satmesh::codec::grpc_frame;
+use satmesh::config::Config;
+use satmesh::peer::{Listeners, Peer};
 use serde_json::Value;
 use tokio::io::AsyncReadExt;
 use tokio::process::Command;
@@ -417,6 +420,89 @@ async fn sigterm_spreads_the_goaways_over_the_drain_window() {
             "connection {i} closed at {t:?}: {at:?}"
         );
     }
+}
+
+/// The peer's own lifecycle, in process on a runtime of its own: with discovery,
+/// shedding, self-reports and gossip running and an agent connected, `Peer::shutdown`
+/// ends every task the peer started: none is left on its tracker, and (so that a task
+/// spawned past the tracker is caught too) none on its runtime.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_ends_every_task_the_peer_started() {
+    let sink = sink(&[]).await;
+    let gossip = format!("127.0.0.1:{}", free_udp_port());
+    let oap = sink.grpc.to_string();
+    let env = [
+        ("SATMESH__SERVER__LISTEN", "127.0.0.1:0"),
+        ("SATMESH__ADMIN__LISTEN", "127.0.0.1:0"),
+        ("SATMESH__UPSTREAM__STATIC", oap.as_str()),
+        ("SATMESH__UPSTREAM__DNS_REFRESH", "100ms"),
+        ("SATMESH__CLUSTER__NODE_ID", "peer-0"),
+        ("SATMESH__CLUSTER__GOSSIP_LISTEN", gossip.as_str()),
+        ("SATMESH__CLUSTER__SEEDS", gossip.as_str()),
+        ("SATMESH__CLUSTER__GOSSIP_INTERVAL_MS", "50"),
+        ("SATMESH__BALANCE__INTERVAL", "100ms"),
+        ("SATMESH__SELF_REPORT__ENABLED", "true"),
+        ("SATMESH__SELF_REPORT__INTERVAL", "100ms"),
+        ("SATMESH__SHUTDOWN__DRAIN_WINDOW", "0s"),
+        ("SATMESH__SHUTDOWN__CONNECTION_GRACE", "2s"),
+        ("SATMESH__SHUTDOWN__DEADLINE", "10s"),
+    ];
+    let config = Config::load(
+        None,
+        Some(
+            env.iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        ),
+    )
+    .unwrap();
+    assert!(config.balance.enabled, "shedding is on by default");
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let peer = runtime
+        .spawn(async move {
+            let listeners = Listeners::bind(&config).await?;
+            Peer::start(config, listeners).await
+        })
+        .await
+        .unwrap()
+        .expect("the peer starts");
+
+    // Work for every part: an agent's data and the peer's own reports reach the OAP.
+    let agent = Client::connect(peer.grpc_addr()).await;
+    let sent = segments("tasks", 0, 20);
+    agent.stream(SEGMENTS, sent.clone(), md(&[])).await.unwrap();
+    assert_all_arrived(&sink, SEGMENTS, &sent, Duration::from_secs(10)).await;
+    let reports = satmesh::selfreport::PATH;
+    let c = wait_for(&sink, Duration::from_secs(10), |c| {
+        method_count(c, reports, "messages") > 0
+    })
+    .await;
+    assert!(
+        method_count(&c, reports, "messages") > 0,
+        "a self-report: {c}"
+    );
+    // Discovery, the shedder, the self-reporter, the tier's two tasks, admin, the accept
+    // loop, two senders, the OAP's connection manager and its connection.
+    assert!(peer.tasks_running() >= 11, "{} tasks", peer.tasks_running());
+
+    let report = runtime.spawn(peer.shutdown()).await.unwrap();
+    assert_eq!(report.tasks_left, 0, "{report:?}");
+    assert_eq!(report.events_dropped, 0, "{report:?}");
+    let metrics = runtime.metrics();
+    eventually(
+        Duration::from_secs(5),
+        "no task left on the peer's runtime",
+        || {
+            let alive = metrics.num_alive_tasks();
+            async move { alive == 0 }
+        },
+    )
+    .await;
+    runtime.shutdown_background();
 }
 
 // ---------------------------------------------------------------------------------------

@@ -32,10 +32,9 @@ use tonic::metadata::{Ascii, MetadataValue};
 use tonic::{Code, Status};
 
 use crate::codec::PassThrough;
-use crate::config::RoutePolicy;
 use crate::metrics::Metrics;
 use crate::pipeline::EventQueue;
-use crate::protocol::{self, Policy};
+use crate::protocol::{self, Policy, RoutePolicy};
 use crate::upstream::Pool;
 pub use accept::H2Settings;
 pub use admission::{Admission, Admit, Arrival, TurnAway};

@@ -31,9 +31,8 @@ use tracing::debug;
 
 use super::stream::StreamProgress;
 use super::{ConnInfo, State, refuse};
-use crate::config::RoutePolicy;
 use crate::pipeline::{Event, key_of};
-use crate::protocol::{MethodId, Payload};
+use crate::protocol::{MethodId, Payload, RoutePolicy};
 
 /// Through tonic (a compressed call): its decoder, and its response.
 pub async fn receive_tonic(

@@ -20,9 +20,11 @@ use tracing::{debug, info, warn};
 use super::admission::{self, Admission, Admit, Arrival, TurnAway};
 use super::lifecycle::{self, ConnId, ConnInfo, ConnState, DrainReason, Ending, StreamEnd};
 use super::returns::Returns;
+use crate::config::Config;
 use crate::metrics::FrontDoorMetrics;
 
-/// How connections live and leave; from the `server` and `shutdown` config sections.
+/// How connections live and leave; from the `server`, `shutdown` and `balance` config
+/// sections.
 #[derive(Clone, Debug)]
 pub struct LifecycleSettings {
     /// `server.max_connections`; 0: unlimited.
@@ -58,6 +60,26 @@ impl Default for LifecycleSettings {
             stream_end: StreamEnd::default(),
             return_window: Duration::from_secs(120),
             hold_returned: true,
+        }
+    }
+}
+
+impl From<&Config> for LifecycleSettings {
+    fn from(config: &Config) -> LifecycleSettings {
+        let s = &config.server;
+        LifecycleSettings {
+            max_connections: s.max_connections,
+            drain_grace: s.drain_grace,
+            max_age: s.max_connection_age,
+            age_jitter: 0.1,
+            age_grace: s.max_connection_age_grace.unwrap_or(s.drain_grace),
+            shutdown_grace: config.shutdown.connection_grace,
+            stream_end: StreamEnd {
+                after: s.drain_stream_after,
+                quiet: s.drain_stream_quiet,
+            },
+            return_window: config.balance.return_window,
+            hold_returned: config.balance.turn_away,
         }
     }
 }

@@ -16,9 +16,8 @@ use tonic::metadata::{MetadataMap, MetadataValue};
 use tracing::{error, warn};
 
 use super::{Event, EventQueue, Lane, Placement};
-use crate::config::RoutePolicy;
 use crate::metrics::{DROP_REJECTED, DROP_SHUTDOWN, Metrics};
-use crate::protocol::{self, Shape};
+use crate::protocol::{self, RoutePolicy, Shape};
 use crate::upstream::body::Batch;
 use crate::upstream::{CallError, Pool, backoff, call};
 

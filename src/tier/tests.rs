@@ -24,6 +24,7 @@ fn inputs() -> TierInputs {
             backoff_max: Duration::from_secs(1),
         },
         metrics.clone(),
+        TaskTracker::new(),
     );
     TierInputs {
         pool,
@@ -44,9 +45,20 @@ async fn gossiping(node_id: &str, seeds: Vec<String>) -> Tier {
         gossip_interval: ROUND,
         ..Default::default()
     };
-    Tier::start(node_id.into(), Some(settings), inputs())
-        .await
-        .unwrap()
+    start(node_id, Some(settings)).await
+}
+
+async fn start(node_id: &str, settings: Option<ClusterSettings>) -> Tier {
+    let stop = CancellationToken::new();
+    Tier::start(
+        node_id.into(),
+        settings,
+        inputs(),
+        &TaskTracker::new(),
+        stop,
+    )
+    .await
+    .unwrap()
 }
 
 /// Waits (bounded) until `tier`'s view of `node_id` satisfies `f`.
@@ -63,7 +75,7 @@ async fn until(tier: &Tier, node_id: &str, f: impl Fn(&Peer) -> bool) {
 
 #[tokio::test]
 async fn alone_drain_publishes_draining_without_waiting() {
-    let tier = Tier::start("solo".into(), None, inputs()).await.unwrap();
+    let tier = start("solo", None).await;
     let started = Instant::now();
     assert_eq!(tier.drain().await, Drained::Alone);
     assert!(started.elapsed() < ROUND);

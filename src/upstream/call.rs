@@ -351,7 +351,12 @@ mod tests {
             backoff_min: Duration::from_millis(100),
             backoff_max: Duration::from_secs(5),
         };
-        Pool::new(settings, health, Arc::new(Metrics::new()))
+        Pool::new(
+            settings,
+            health,
+            Arc::new(Metrics::new()),
+            tokio_util::task::TaskTracker::new(),
+        )
     }
 
     /// What the fake OAP does with a call.

@@ -13,6 +13,7 @@ use hyper::client::conn::http2::SendRequest;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
 use super::body::UpBody;
@@ -66,6 +67,7 @@ enum ConnectError {
 async fn connect(
     addr: SocketAddr,
     timeout: Duration,
+    tasks: &TaskTracker,
 ) -> Result<(SendRequest<UpBody>, tokio::task::JoinHandle<()>), ConnectError> {
     let deadline = tokio::time::Instant::now() + timeout;
     let open = async {
@@ -93,7 +95,7 @@ async fn connect(
         .await
         .map_err(|_| ConnectError::Timeout)??;
     // The connection has to be driven for the server's frames to be read.
-    let driver = tokio::spawn(async move {
+    let driver = tasks.spawn(async move {
         if let Err(e) = conn.await {
             debug!(%addr, error = %e, "upstream connection ended with an error");
         }
@@ -111,13 +113,19 @@ async fn connect(
     }
 }
 
-/// Keeps `node` connected until `stop` fires.
-pub async fn manage(node: Arc<Node>, settings: ConnectSettings, stop: CancellationToken) {
+/// Keeps `node` connected until `stop` fires; each connection's driver runs on `tasks`
+/// (it ends once the connection's last stream has).
+pub async fn manage(
+    node: Arc<Node>,
+    settings: ConnectSettings,
+    stop: CancellationToken,
+    tasks: TaskTracker,
+) {
     let mut failures = 0u32;
     loop {
         let attempt = tokio::select! {
             _ = stop.cancelled() => return,
-            attempt = connect(node.addr, settings.connect_timeout) => attempt,
+            attempt = connect(node.addr, settings.connect_timeout, &tasks) => attempt,
         };
         match attempt {
             Ok((sender, driver)) => {
@@ -203,7 +211,12 @@ mod tests {
             backoff_max: Duration::from_millis(10),
         };
         let stop = CancellationToken::new();
-        tokio::spawn(manage(node.clone(), settings, stop.clone()));
+        tokio::spawn(manage(
+            node.clone(),
+            settings,
+            stop.clone(),
+            TaskTracker::new(),
+        ));
         (node, changes, stop)
     }
 

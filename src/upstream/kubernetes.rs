@@ -15,6 +15,7 @@ use kube::runtime::watcher::{self, Event};
 use kube::{Api, Client, ResourceExt};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
 use crate::config::{KubernetesPort, KubernetesUpstream};
@@ -58,10 +59,11 @@ impl KubernetesSource {
     }
 }
 
-/// Connects with in-cluster credentials or the kubeconfig and spawns `run`; the receiver
-/// holds the ready OAP addresses (empty until the first list completes).
+/// Connects with in-cluster credentials or the kubeconfig and spawns `run` on `tasks`;
+/// the receiver holds the ready OAP addresses (empty until the first list completes).
 pub async fn spawn(
     config: &KubernetesUpstream,
+    tasks: &TaskTracker,
     stop: CancellationToken,
 ) -> Result<watch::Receiver<BTreeSet<SocketAddr>>, Error> {
     let client = Client::try_default().await.map_err(Error::Client)?;
@@ -74,7 +76,7 @@ pub async fn spawn(
     let source = KubernetesSource::new(config, namespace);
     info!(namespace = %source.namespace, selector = %source.label_selector, "watching kubernetes endpointslices for oap nodes");
     let (tx, rx) = watch::channel(BTreeSet::new());
-    tokio::spawn(run(client, source, tx, stop));
+    tasks.spawn(run(client, source, tx, stop));
     Ok(rx)
 }
 

@@ -29,10 +29,11 @@ use hyper::client::conn::http2::SendRequest;
 use rand::RngExt;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
-use crate::config::RoutePolicy;
 use crate::metrics::Metrics;
+use crate::protocol::RoutePolicy;
 pub use call::CallError;
 use conn::ConnectSettings;
 use select::Schedule;
@@ -299,12 +300,20 @@ pub struct Pool {
     settings: ConnectSettings,
     pub health: Health,
     metrics: Arc<Metrics>,
+    /// Where connection managers (and their connections' drivers) run: the peer's
+    /// tracker, so its shutdown can tell that every one has ended.
+    tasks: TaskTracker,
     epoch: Instant,
     changed: watch::Sender<u64>,
 }
 
 impl Pool {
-    pub fn new(settings: ConnectSettings, health: Health, metrics: Arc<Metrics>) -> Arc<Pool> {
+    pub fn new(
+        settings: ConnectSettings,
+        health: Health,
+        metrics: Arc<Metrics>,
+        tasks: TaskTracker,
+    ) -> Arc<Pool> {
         Arc::new(Pool {
             view: ArcSwap::from_pointee(View {
                 nodes: Vec::new(),
@@ -316,6 +325,7 @@ impl Pool {
             settings,
             health,
             metrics,
+            tasks,
             epoch: Instant::now(),
             changed: watch::channel(0).0,
         })
@@ -358,10 +368,11 @@ impl Pool {
                 .with_label_values(&[&node.label])
                 .set(0);
             let stop = CancellationToken::new();
-            tokio::spawn(conn::manage(
+            self.tasks.spawn(conn::manage(
                 node.clone(),
                 self.settings.clone(),
                 stop.clone(),
+                self.tasks.clone(),
             ));
             info!(node = %addr, weight, "upstream node added");
             managers.insert(addr, (node, stop));
@@ -495,7 +506,12 @@ mod tests {
             backoff_min: Duration::from_millis(100),
             backoff_max: Duration::from_secs(5),
         };
-        Pool::new(settings, health(3), Arc::new(Metrics::new()))
+        Pool::new(
+            settings,
+            health(3),
+            Arc::new(Metrics::new()),
+            TaskTracker::new(),
+        )
     }
 
     /// Installs `nodes` as the pool's view, as `set_members` would, minus the managers.
