@@ -29,11 +29,10 @@ use tokio::process::Command;
 use tokio_util::sync::CancellationToken;
 
 use crate::support::admin::ready;
-use crate::support::processes::{Proc, free_port, free_udp_port, satmesh_env, sink};
+use crate::support::processes::{BIN, Proc, free_port, free_udp_port, satmesh_env, sink};
 
 const OAP_A: &str = "10.2.0.1:11800";
 const OAP_B: &str = "10.2.0.2:11800";
-const BIN: &str = env!("CARGO_BIN_EXE_satmesh");
 
 /// Serves a script of documents: the first call gets the first one, the last one repeats.
 #[derive(Default)]
