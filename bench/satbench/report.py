@@ -332,7 +332,7 @@ def write(doc: dict, out_dir: str, raw: str) -> str:
             lines += [f.read().rstrip(), ""]
     lines += ["## How to run", "", "```sh",
               "bench/run.sh                 # full run, about 5 minutes: docs/BENCHMARKS.md, target/bench/",
-              "bench/run.sh --smoke --out /tmp/b   # seconds: what CI runs (tests/bench_smoke.rs)",
+              "bench/run.sh --smoke --out /tmp/b   # seconds: what CI runs (tests/integration/bench_smoke.rs)",
               "bench/run.sh --only throughput,sweep   # some sections",
               "```", "",
               "bench/run.sh installs Debian's `nginx` and `gnuplot-nox` if missing, raises"

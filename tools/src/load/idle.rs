@@ -1,7 +1,7 @@
 //! Idle agents: N HTTP/2 connections that each make one tiny call and then hold the
 //! connection open doing nothing, as a fleet of quiet agents does between two reports.
-//! Used by `satmesh bench --idle N` and `tests/idle_connections.rs` to measure what an
-//! idle connection costs a peer.
+//! Used by `satmesh bench --idle N` and `tests/integration/idle_connections.rs` to measure
+//! what an idle connection costs a peer.
 //!
 //! Each connection is a bare hyper HTTP/2 client (h2c, prior knowledge, as agents dial)
 //! driven by one task: no tonic channel, no buffer task, so 10,000 of them fit in one

@@ -8,7 +8,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::process::Command;
 
-const BIN: &str = env!("CARGO_BIN_EXE_satmesh");
+use crate::support::processes::BIN;
 
 /// Sample values for the placeholders the docs use, matched as whole words.
 const PLACEHOLDERS: &[(&str, &str)] = &[

@@ -1,13 +1,12 @@
 //! Every path satmesh carries, end to end through the real binary to the sink.
 
-mod common;
-
 use std::time::Duration;
 
 use bytes::Bytes;
-use common::*;
 use satmesh::protocol::{METHODS, Payload, Policy, SKYWALKING_PATHS, Shape};
 use tonic::Code;
+
+use crate::support::{admin::*, client::*, messages::*, processes::*};
 
 /// A payload that looks like the method's message, with a field satmesh does not know.
 fn payload_for(payload: Payload, path_index: usize, n: usize) -> Bytes {

@@ -2,15 +2,14 @@
 //! one ring on every peer, each service instance's meters at exactly one OAP whichever
 //! peer its agent uses, and only a stopped OAP's instances move.
 
-mod common;
-
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use common::*;
 use serde_json::Value;
+
+use crate::support::{client::*, messages::*, processes::*};
 
 const METERS: &str = "/skywalking.v3.MeterReportService/collect";
 

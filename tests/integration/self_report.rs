@@ -1,16 +1,15 @@
 //! `self_report`: a peer reports its own numbers to the OAP (here the sink) through the
 //! meter protocol, under Satellite's metric names, as its own service instance.
 
-mod common;
-
 use std::time::Duration;
 
-use common::*;
 use satmesh::selfreport::{
     CONNECTION_COUNT, CPU_GAUGE, PATH, QUEUE_PARTITION_SIZE, QUEUE_TOTAL_CAPACITY, RECEIVE_COUNT,
     SENDER_OUTPUT_COUNT,
 };
 use serde_json::Value;
+
+use crate::support::{admin::*, client::*, messages::*, processes::*};
 
 const SEGMENTS: &str = "/skywalking.v3.TraceSegmentReportService/collect";
 

@@ -5,18 +5,17 @@
 //! Rust agents drained mid-run losing nothing.
 //! Every message is counted at the sink.
 
-mod common;
-
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use common::*;
 use satmesh::codec::grpc_frame;
 use satmesh::config::Config;
 use satmesh::peer::{Listeners, Peer};
 use serde_json::Value;
 use tokio::io::AsyncReadExt;
 use tokio::process::Command;
+
+use crate::support::{admin::*, agents::*, client::*, messages::*, processes::*, raw_h2::*};
 
 const SEGMENTS: &str = "/skywalking.v3.TraceSegmentReportService/collect";
 const LOGS: &str = "/skywalking.v3.LogReportService/collect";

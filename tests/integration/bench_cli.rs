@@ -2,13 +2,12 @@
 //! `satmesh run` peer, with segments, meter streams and keepAlive calls; the report's JSON
 //! and the sink's `/latency` must agree with what the sink counted.
 
-mod common;
-
 use std::time::Duration;
 
-use common::*;
 use satmesh_tools::load::{KEEPALIVE_PATH, METER_PATH, SEGMENT_PATH};
 use serde_json::Value;
+
+use crate::support::{admin::*, processes::*};
 
 /// Runs `satmesh bench ARGS` to its end; returns its stdout and stderr.
 async fn bench(args: &[&str]) -> (String, String) {

@@ -11,16 +11,16 @@
 //! exactly those numbers per service/instance, per method and per `authentication` token,
 //! and that satmesh then exits 0 on SIGTERM.
 
-mod common;
-
 use std::time::{Duration, Instant};
 
-use common::{
-    AgentRun, Proc, method_count, python_agent, python_bin, run_agent, rust_agent, rust_agent_bin,
-    satmesh, sink, wait_for,
-};
 use serde_json::Value;
 use tokio::process::Command;
+
+use crate::support::admin::{method_count, wait_for};
+use crate::support::agents::{
+    AgentRun, python_agent, python_bin, run_agent, rust_agent, rust_agent_bin,
+};
+use crate::support::processes::{Proc, satmesh, sink};
 
 const TRACE: &str = "/skywalking.v3.TraceSegmentReportService/collect";
 const LOG: &str = "/skywalking.v3.LogReportService/collect";
@@ -33,7 +33,7 @@ const SETTLE: Duration = Duration::from_secs(30);
 const QUIET: Duration = Duration::from_secs(1);
 
 // ---------------------------------------------------------------------------------------
-// satmesh (common::satmesh) in front of its fake OAP (common::sink)
+// satmesh in front of its fake OAP (`satmesh sink`)
 
 /// Poll the sink until it shows exactly what `agents` sent and stays so for `QUIET`; fail
 /// with the differences and the counts after `SETTLE` (satmesh's own logs are on stderr).

@@ -6,17 +6,16 @@
 //! The drain window is 3 s here (the shipped default is 10 s) to keep the test short;
 //! `SCALE_IN_DRAIN_WINDOW=10s` (or any duration) runs it with another window.
 
-mod common;
-
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use common::*;
 use satmesh_tools::load::{self, LoadSpec, Progress};
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
+
+use crate::support::{admin::*, processes::*, tier::*};
 
 const AGENTS: u64 = 150;
 const MESSAGES_PER_CALL: u64 = 5;

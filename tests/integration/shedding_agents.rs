@@ -13,15 +13,14 @@
 //!
 //! Needs root (`unshare -m`, `mount --bind`), as the rest of the suite's setup does.
 
-mod common;
-
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use common::*;
 use serde_json::Value;
 use tokio::process::Command;
+
+use crate::support::{admin::*, agents::*, processes::*, tier::*};
 
 const NAME: &str = "tier.satmesh.test";
 const PYTHON_AGENTS: usize = 6;

@@ -2,16 +2,15 @@
 //! peer rebalances a synthetic fleet of 300 agents that dial the peers
 //! first-address-first, without losing a message.
 
-mod common;
-
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use common::*;
 use satmesh_tools::load::{self, LoadSpec, Progress};
 use tokio_util::sync::CancellationToken;
+
+use crate::support::{admin::*, processes::*, tier::*};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn scale_out_rebalances_a_first_address_fleet_without_loss() {

@@ -5,8 +5,6 @@
 //! generous 64 KiB each (measured: about 33 KiB, see README "Idle connections"), so a
 //! regression to several times that fails here.
 
-mod common;
-
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
@@ -14,6 +12,8 @@ use std::time::{Duration, Instant};
 use satmesh_tools::load::KEEPALIVE_PATH;
 use satmesh_tools::load::idle::{self, IdleProgress, IdleSpec};
 use tokio_util::sync::CancellationToken;
+
+use crate::support::{admin, processes};
 
 const CONNECTIONS: usize = 2000;
 
@@ -38,14 +38,14 @@ fn spec(target: std::net::SocketAddr, connections: usize, hold: Duration) -> Idl
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_thousand_idle_connections_are_all_served_and_held() {
-    let sink = common::sink(&[]).await;
-    let peer = common::satmesh_env(
+    let sink = processes::sink(&[]).await;
+    let peer = processes::satmesh_env(
         &[sink.grpc],
         "",
         &[("SATMESH__SERVER__MAX_CONNECTIONS", "5000")],
     )
     .await;
-    common::ready(&peer).await;
+    admin::ready(&peer).await;
     let pid = peer.child.id().expect("peer running");
 
     // Warm up (runtime workers, the upstream connection, first batches), then measure.
@@ -115,11 +115,11 @@ async fn two_thousand_idle_connections_are_all_served_and_held() {
     // h2's small-DATA-frame allowance, satmesh's client sent the OAP a GOAWAY
     // (ENHANCE_YOUR_CALM) and re-sent calls that had arrived: 10-35 % duplicates.
     let sent = (CONNECTIONS + 50) as u64;
-    let counts = common::wait_for(&sink, Duration::from_secs(10), |c| {
-        common::method_count(c, KEEPALIVE_PATH, "messages") >= sent
+    let counts = admin::wait_for(&sink, Duration::from_secs(10), |c| {
+        admin::method_count(c, KEEPALIVE_PATH, "messages") >= sent
     })
     .await;
-    let arrived = common::method_count(&counts, KEEPALIVE_PATH, "messages");
+    let arrived = admin::method_count(&counts, KEEPALIVE_PATH, "messages");
     eprintln!("keepAlive messages: {sent} sent, {arrived} arrived at the sink");
     assert_eq!(arrived, sent, "heartbeats arrived at the sink");
 

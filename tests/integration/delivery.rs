@@ -1,15 +1,14 @@
 //! What satmesh acknowledged reaches an OAP: outages, failing OAPs, a full queue,
 //! shutdown, tokens and routing, through the real binary.
 
-mod common;
-
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use common::*;
 use satmesh::codec::grpc_frame;
 use serde_json::json;
 use tonic::Code;
+
+use crate::support::{admin::*, client::*, messages::*, processes::*, raw_h2::*};
 
 const SEGMENTS: &str = "/skywalking.v3.TraceSegmentReportService/collect";
 const KEEPALIVE: &str = "/skywalking.v3.ManagementService/keepAlive";

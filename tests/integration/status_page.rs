@@ -10,8 +10,6 @@
 //! it is missing the browser test skips loudly, unless `SATMESH_REQUIRE_CHROMIUM=1`, which
 //! makes it fail (CI sets it).
 
-mod common;
-
 use std::collections::{BTreeMap, VecDeque};
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -20,7 +18,6 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{Proc, free_port, free_udp_port, ready, satmesh_env, sink};
 use satmesh::shed::ShedRound;
 use satmesh::status::{PeerStatus, ShedStatus, StatusDoc, StatusSource, routes};
 use satmesh_cluster::{
@@ -31,9 +28,11 @@ use tokio::net::TcpListener;
 use tokio::process::Command;
 use tokio_util::sync::CancellationToken;
 
+use crate::support::admin::ready;
+use crate::support::processes::{BIN, Proc, free_port, free_udp_port, satmesh_env, sink};
+
 const OAP_A: &str = "10.2.0.1:11800";
 const OAP_B: &str = "10.2.0.2:11800";
-const BIN: &str = env!("CARGO_BIN_EXE_satmesh");
 
 /// Serves a script of documents: the first call gets the first one, the last one repeats.
 #[derive(Default)]
