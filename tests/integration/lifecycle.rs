@@ -119,7 +119,9 @@ async fn a_long_lived_stream_on_a_draining_connection_is_ended_with_ok_between_m
     let sink = sink(&[]).await;
     let peer = satmesh(
         &[sink.grpc],
-        "server:\n  drain_stream_after: 300ms\n  drain_stream_quiet: 100ms\n",
+        // A second of draining: the bursts every 250 ms below must go on for a few rounds
+        // after the drain even when a loaded machine stretches the sleeps.
+        "server:\n  drain_stream_after: 1s\n  drain_stream_quiet: 100ms\n",
     )
     .await;
     let client = Client::connect(peer.grpc).await;
@@ -153,7 +155,7 @@ async fn a_long_lived_stream_on_a_draining_connection_is_ended_with_ok_between_m
     let ended_after = drained_at.elapsed();
     call.await.unwrap().expect("ended with OK");
     assert!(
-        ended_after >= Duration::from_millis(300) && ended_after < Duration::from_secs(3),
+        ended_after >= Duration::from_secs(1) && ended_after < Duration::from_secs(4),
         "ended {ended_after:?} after the drain"
     );
     assert!(sent.len() > 15, "the stream carried on while draining");
