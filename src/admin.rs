@@ -35,6 +35,8 @@ impl AdminState {
 }
 
 /// Replicas the tier needs for `connections` at `per_pod` each (at least 1).
+/// `connections`: the tier's serving connections (a draining one's agent is connected
+/// again elsewhere, so it is not counted twice).
 pub fn desired_replicas(connections: u64, per_pod: u64) -> u64 {
     connections.div_ceil(per_pod.max(1)).max(1)
 }
@@ -61,7 +63,7 @@ async fn metrics(
     m.tier_connection_limit.set(totals.connection_limit as i64);
     m.tier_peers.set(totals.live as i64);
     m.tier_desired_replicas
-        .set(desired_replicas(totals.connections, s.target_per_pod) as i64);
+        .set(desired_replicas(totals.connections - totals.draining, s.target_per_pod) as i64);
     ([("content-type", "text/plain; version=0.0.4")], m.render())
 }
 

@@ -350,7 +350,10 @@ async fn publish_facts(
         let seconds = now.duration_since(last.0).as_secs_f64().max(1e-3);
         facts.events_per_sec = ((received - last.1) as f64 / seconds * 10.0).round() / 10.0;
         last = (now, received);
-        facts.connections = inputs.connections.len() as u64;
+        let open = inputs.connections.len() as u64;
+        facts.connections = open;
+        // Read apart from `open`, so clamped: a connection may close in between.
+        facts.draining = open.saturating_sub(inputs.connections.serving() as u64);
         let counts = inputs.connections.counts();
         facts.connections_shed = counts
             .drained

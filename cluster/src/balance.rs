@@ -87,7 +87,14 @@ fn hold(reason: Hold) -> ShedDecision {
     }
 }
 
-/// Decides from `view` (gossip) and `own` (this peer's exact open connections).
+/// Decides from `view` (gossip) and `own` (this peer's exact serving connections). Other
+/// peers count their serving connections too ([`PeerFacts::serving`]): a draining
+/// connection's agent has already reconnected, so counting it would count that agent
+/// twice, and a peer that shed recently would look fuller than it is for as long as its
+/// draining connections stay open (up to ~30 s with the Rust agent), holding the others
+/// back.
+///
+/// [`PeerFacts::serving`]: crate::facts::PeerFacts::serving
 pub fn decide(view: &ClusterView, own: u64, settings: &BalanceSettings) -> ShedDecision {
     let share = match share(view, own, settings) {
         Ok(share) => share,
@@ -165,7 +172,7 @@ fn share(view: &ClusterView, own: u64, settings: &BalanceSettings) -> Result<Sha
     }
     let counts: Vec<(bool, u64)> = view
         .live_ready()
-        .map(|p| (p.is_self, if p.is_self { own } else { p.facts.connections }))
+        .map(|p| (p.is_self, if p.is_self { own } else { p.facts.serving() }))
         .collect();
     if counts.len() < 2 {
         return Err(hold(Hold::OnlyReadyPeer));

@@ -11,7 +11,8 @@
 //! | `grpc_addr`               | advertised agent-facing address                            |
 //! | `admin_addr`              | advertised admin (HTTP) address                            |
 //! | `state`                   | `ready` or `draining`                                      |
-//! | `connections`             | open agent connections, decimal                            |
+//! | `connections`             | open agent connections, draining ones included, decimal    |
+//! | `draining`                | of those, connections draining (GOAWAY sent), decimal      |
 //! | `connection_limit`        | connections this peer accepts, decimal                     |
 //! | `events_per_sec`          | events received per second, one decimal                    |
 //! | `oap_health`              | JSON object `{"ip:port": true/false, ...}`                 |
@@ -88,8 +89,13 @@ pub struct PeerFacts {
     /// Address of this peer's admin HTTP server (`host:port`).
     pub admin_addr: String,
     pub state: PeerState,
-    /// Open agent connections.
+    /// Open agent connections, draining ones included.
     pub connections: u64,
+    /// Of `connections`, those draining: sent their GOAWAY, streams finishing. Their
+    /// agents have already reconnected (most likely to another peer), so they count for
+    /// no peer's share of the tier ([`PeerFacts::serving`]). A Rust agent's stream keeps
+    /// its draining connection open for up to ~30 s.
+    pub draining: u64,
     /// Connections this peer accepts before it sheds.
     pub connection_limit: u64,
     /// Events received from agents per second.
@@ -113,6 +119,7 @@ pub(crate) const GRPC_ADDR: &str = "grpc_addr";
 pub(crate) const ADMIN_ADDR: &str = "admin_addr";
 pub(crate) const STATE: &str = "state";
 pub(crate) const CONNECTIONS: &str = "connections";
+pub(crate) const DRAINING: &str = "draining";
 pub(crate) const CONNECTION_LIMIT: &str = "connection_limit";
 pub(crate) const EVENTS_PER_SEC: &str = "events_per_sec";
 pub(crate) const OAP_HEALTH: &str = "oap_health";
@@ -132,6 +139,13 @@ pub enum FactsError {
 }
 
 impl PeerFacts {
+    /// Connections this peer keeps serving: open ones not draining. What a peer's share
+    /// of the tier is measured in (a peer from before `draining` was published counts
+    /// every open connection).
+    pub fn serving(&self) -> u64 {
+        self.connections.saturating_sub(self.draining)
+    }
+
     /// The key-values to gossip.
     pub(crate) fn encode(&self) -> Vec<(String, String)> {
         let events = if self.events_per_sec.is_finite() {
@@ -150,6 +164,7 @@ impl PeerFacts {
             (ADMIN_ADDR, self.admin_addr.clone()),
             (STATE, self.state.as_str().to_owned()),
             (CONNECTIONS, self.connections.to_string()),
+            (DRAINING, self.draining.to_string()),
             (CONNECTION_LIMIT, self.connection_limit.to_string()),
             (EVENTS_PER_SEC, format!("{events:.1}")),
             (OAP_HEALTH, health),
@@ -212,6 +227,7 @@ impl PeerFacts {
             admin_addr: get(ADMIN_ADDR).unwrap_or_default().to_owned(),
             state,
             connections: count(CONNECTIONS)?,
+            draining: count(DRAINING)?,
             connection_limit: count(CONNECTION_LIMIT)?,
             events_per_sec,
             oap_health,
@@ -234,6 +250,7 @@ mod tests {
             admin_addr: "10.1.0.5:1234".into(),
             state: PeerState::Draining,
             connections: 812,
+            draining: 12,
             connection_limit: 4000,
             events_per_sec: 1520.25,
             oap_health: [
@@ -296,6 +313,22 @@ mod tests {
             ..facts.clone()
         };
         assert_eq!(decode(&nan.encode()).unwrap().fair_share, None);
+    }
+
+    #[test]
+    fn a_peer_without_the_draining_key_serves_every_open_connection() {
+        let mut kv = sample().encode();
+        assert_eq!(decode(&kv).unwrap().serving(), 800);
+        kv.retain(|(k, _)| k != DRAINING);
+        let decoded = decode(&kv).unwrap();
+        assert_eq!((decoded.draining, decoded.serving()), (0, 812));
+        // A torn pair (draining read before connections fell) never underflows.
+        let torn = PeerFacts {
+            connections: 3,
+            draining: 5,
+            ..sample()
+        };
+        assert_eq!(torn.serving(), 0);
     }
 
     #[test]

@@ -3,10 +3,10 @@
 //! Facts that change routing or membership decisions (state, addresses, connection limit,
 //! OAP health, ring digest) go out at once, and so does a change of the shedder's action
 //! (a person watching the status page sees a peer start and stop shedding as it happens).
-//! Load figures (connections, events/s, the fair share) go out at once when they moved by
-//! more than `large_change` (relative), otherwise at most once per `interval`, so a count
-//! changing by one does not bump the peer's gossip version (and wake every peer's change
-//! stream) each time. The shed and turned-away totals only ever wait for `interval`: a
+//! Load figures (connections, those serving, events/s, the fair share) go out at once
+//! when they moved by more than `large_change` (relative), otherwise at most once per
+//! `interval`, so a count changing by one does not bump the peer's gossip version (and
+//! wake every peer's change stream) each time. The shed and turned-away totals only ever wait for `interval`: a
 //! client without backoff may be turned away thousands of times a second, and no decision
 //! reads them. Chitchat itself coalesces writes made between two gossip rounds, so
 //! `interval` near the gossip interval is enough.
@@ -55,6 +55,10 @@ pub fn decide(
     let large = is_large(
         published.connections as f64,
         wanted.connections as f64,
+        limits.large_change,
+    ) || is_large(
+        published.serving() as f64,
+        wanted.serving() as f64,
         limits.large_change,
     ) || is_large(
         published.events_per_sec,
@@ -136,6 +140,10 @@ mod tests {
         let mut busier = facts(800);
         busier.events_per_sec = 1200.0;
         assert_eq!(decide(&facts(800), &busier, MS, LIMITS), Publish::Now);
+        // A shed round: as many open, but a fifth of them now draining.
+        let mut shedding = facts(800);
+        shedding.draining = 160;
+        assert_eq!(decide(&facts(800), &shedding, MS, LIMITS), Publish::Now);
     }
 
     #[test]

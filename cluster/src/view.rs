@@ -40,6 +40,9 @@ pub struct TierTotals {
     pub ready: usize,
     /// Agent connections on live peers (draining ones included: they still hold them).
     pub connections: u64,
+    /// Of those, draining: their agents have already connected again (most likely to
+    /// another peer), so `connections - draining` counts each agent once.
+    pub draining: u64,
     /// Connection limits of live ready peers: what the tier can take.
     pub connection_limit: u64,
     /// Events per second received by live peers.
@@ -79,6 +82,7 @@ impl ClusterView {
         for peer in self.live() {
             totals.live += 1;
             totals.connections += peer.facts.connections;
+            totals.draining += peer.facts.draining.min(peer.facts.connections);
             totals.events_per_sec += peer.facts.events_per_sec;
             if peer.facts.state == PeerState::Ready {
                 totals.ready += 1;
@@ -161,14 +165,17 @@ mod tests {
 
     #[test]
     fn totals_count_live_load_and_ready_capacity() {
+        let mut draining = peer(1, PeerState::Ready, true, 10, 7);
+        draining.facts.draining = 4;
         let v = view(vec![
-            peer(1, PeerState::Ready, true, 10, 7),
+            draining,
             peer(2, PeerState::Draining, true, 5, 7),
             peer(3, PeerState::Ready, false, 99, 8),
         ]);
         let t = v.totals();
         assert_eq!((t.peers, t.live, t.ready), (3, 2, 1));
         assert_eq!((t.connections, t.connection_limit), (15, 100));
+        assert_eq!(t.draining, 4);
         assert_eq!(t.events_per_sec, 20.0);
         assert_eq!(v.live_ready().count(), 1);
         assert!(v.ring_agreed(), "the dead peer's digest does not count");

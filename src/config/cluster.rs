@@ -85,7 +85,7 @@ pub struct Balance {
     #[serde(with = "humantime_serde")]
     pub max_staleness: Duration,
     /// Connections one pod should hold, for `satmesh_tier_desired_replicas`
-    /// (ceil(tier connections / this)).
+    /// (ceil(tier connections not draining / this)).
     pub target_connections_per_pod: u64,
     /// Close the listener (turn new connections away) while above the share, so clients
     /// dialling several addresses go to the next. Right for a DNS name with several

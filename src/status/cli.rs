@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 
-use super::doc::{ShedStatus, StatusDoc};
+use super::doc::{PeerStatus, ShedStatus, StatusDoc};
 use crate::http1::RequestError;
 
 /// How long `satmesh status` waits for a peer, connection included.
@@ -130,7 +130,7 @@ pub fn render_table(doc: &StatusDoc) -> String {
                 name,
                 p.condition().to_owned(),
                 yes_no(p.live).to_owned(),
-                format!("{}/{}", p.connections, p.connection_limit),
+                connections(p),
                 format!("{:.1}", p.events_per_sec),
                 p.ring_digest.clone(),
                 agree.to_owned(),
@@ -160,8 +160,12 @@ pub fn render_table(doc: &StatusDoc) -> String {
     );
 
     let t = &doc.totals;
+    let draining = match t.draining {
+        0 => String::new(),
+        n => format!(" ({n} draining)"),
+    };
     out.push_str(&format!(
-        "totals: {} peers, {} live, {} ready; {}/{} connections; {:.1} events/s\n",
+        "totals: {} peers, {} live, {} ready; {}/{} connections{draining}; {:.1} events/s\n",
         t.peers, t.peers_live, t.peers_ready, t.connections, t.connection_limit, t.events_per_sec
     ));
     let r = &doc.ring;
@@ -209,6 +213,16 @@ pub fn render_table(doc: &StatusDoc) -> String {
         ));
     }
     out.trim_end().to_owned()
+}
+
+/// A peer's open connections of its limit, with the draining ones when there are any:
+/// `412/4000 (9 draining)`.
+fn connections(p: &PeerStatus) -> String {
+    let open = format!("{}/{}", p.connections, p.connection_limit);
+    match p.draining {
+        0 => open,
+        n => format!("{open} ({n} draining)"),
+    }
 }
 
 /// A peer's balance action with the fair share it acted on: `shedding (mean 33.3)`.
@@ -286,7 +300,7 @@ mod tests {
     use satmesh_cluster::{BalanceAction, PeerId, PeerState};
 
     use super::*;
-    use crate::status::doc::{OapStatus, PeerStatus, RingStatus, Totals};
+    use crate::status::doc::{OapStatus, RingStatus, Totals};
 
     fn peer(name: &str, live: bool, state: PeerState, connections: u64, same: bool) -> PeerStatus {
         PeerStatus {
@@ -299,6 +313,12 @@ mod tests {
             state,
             live,
             connections,
+            // A draining peer's connections are all draining.
+            draining: if state == PeerState::Draining {
+                connections
+            } else {
+                0
+            },
             connection_limit: 4000,
             events_per_sec: 1520.25,
             oap_view: BTreeMap::new(),
@@ -339,6 +359,7 @@ mod tests {
                 peers_live: 2,
                 peers_ready: 1,
                 connections: 819,
+                draining: 7,
                 connection_limit: 4000,
                 events_per_sec: 3040.5,
             },
@@ -372,11 +393,11 @@ mod tests {
     fn table_has_one_aligned_row_per_peer_then_totals_ring_and_oap() {
         let text = render_table(&doc(true));
         let expected = "\
-PEER      STATE     LIVE  CONNECTIONS  EVENTS/S  RING DIGEST       AGREE  SHED  TURNED AWAY  ACTION
-a (self)  ready     yes      812/4000    1520.2  00000000000000aa  yes      81            8  balanced (mean 409.5)
-bb        draining  yes        7/4000    1520.2  00000000000000aa  yes       0            0  balanced (mean 409.5)
-c         dead      no         0/4000    1520.2  00000000000000bb  -         0            0  -
-totals: 3 peers, 2 live, 1 ready; 819/4000 connections; 3040.5 events/s
+PEER      STATE     LIVE          CONNECTIONS  EVENTS/S  RING DIGEST       AGREE  SHED  TURNED AWAY  ACTION
+a (self)  ready     yes              812/4000    1520.2  00000000000000aa  yes      81            8  balanced (mean 409.5)
+bb        draining  yes   7/4000 (7 draining)    1520.2  00000000000000aa  yes       0            0  balanced (mean 409.5)
+c         dead      no                 0/4000    1520.2  00000000000000bb  -         0            0  -
+totals: 3 peers, 2 live, 1 ready; 819/4000 connections (7 draining); 3040.5 events/s
 ring: digest 00000000000000aa, 1 OAP nodes (10.2.0.1:11800); all live peers agree
 shedding here: -; no recent sheds
 

@@ -41,7 +41,11 @@ pub struct PeerStatus {
     pub state: PeerState,
     /// Alive according to this peer's failure detector.
     pub live: bool,
+    /// Open agent connections, draining ones included.
     pub connections: u64,
+    /// Of `connections`, those draining (GOAWAY sent; their agents have reconnected).
+    #[serde(default)]
+    pub draining: u64,
     pub connection_limit: u64,
     pub events_per_sec: f64,
     /// OAP node -> healthy, in that peer's (damped) view.
@@ -91,6 +95,9 @@ pub struct Totals {
     pub peers_ready: usize,
     /// Agent connections on live peers (draining ones still hold theirs).
     pub connections: u64,
+    /// Of those, draining.
+    #[serde(default)]
+    pub draining: u64,
     /// Connection limits of live ready peers: what the tier can take.
     pub connection_limit: u64,
     pub events_per_sec: f64,
@@ -190,6 +197,7 @@ impl StatusDoc {
             peers_live: t.live,
             peers_ready: t.ready,
             connections: t.connections,
+            draining: t.draining,
             connection_limit: t.connection_limit,
             events_per_sec: t.events_per_sec,
         };
@@ -239,6 +247,7 @@ fn peer_status(p: &Peer, own_digest: u64) -> PeerStatus {
         state: p.facts.state,
         live: p.live,
         connections: p.facts.connections,
+        draining: p.facts.draining,
         connection_limit: p.facts.connection_limit,
         events_per_sec: p.facts.events_per_sec,
         oap_view: p.facts.oap_health.clone(),
@@ -300,6 +309,7 @@ mod tests {
                 admin_addr: format!("{name}:1234"),
                 state,
                 connections,
+                draining: connections / 5,
                 connection_limit: 100,
                 events_per_sec: 10.0,
                 oap_health: [(A.into(), true), (B.into(), false)].into(),
@@ -336,6 +346,8 @@ mod tests {
         let t = &doc.totals;
         assert_eq!((t.peers, t.peers_live, t.peers_ready), (3, 2, 1));
         assert_eq!((t.connections, t.connection_limit), (30, 100));
+        assert_eq!(t.draining, 2 + 4, "the dead peer's are not counted");
+        assert_eq!(doc.peers[1].draining, 4);
         assert_eq!(t.events_per_sec, 20.0);
         let conditions: Vec<_> = doc.peers.iter().map(PeerStatus::condition).collect();
         assert_eq!(conditions, ["ready", "draining", "dead"]);

@@ -1,8 +1,8 @@
-//! The connection lifecycle through the real binary: draining one connection, ending a
-//! long-lived client-stream between two messages (never inside one), the connection limit
-//! with a multi-address client, max connection age, a SIGTERM drain spread over its
-//! window, the peer's shutdown ending every task it started, and the real Python and
-//! Rust agents drained mid-run losing nothing.
+//! The connection lifecycle through the real binary: draining one connection (and
+//! gossiping it as draining), ending a long-lived client-stream between two messages
+//! (never inside one), the connection limit with a multi-address client, max connection
+//! age, a SIGTERM drain spread over its window, the peer's shutdown ending every task it
+//! started, and the real Python and Rust agents drained mid-run losing nothing.
 //! Every message is counted at the sink.
 
 use std::time::{Duration, Instant};
@@ -73,6 +73,15 @@ async fn draining_one_connection_lets_its_open_stream_finish_and_loses_nothing()
     assert!(!peer.drain_connection(a_id).await, "already draining");
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(peer.connection_ids("draining").await, [a_id]);
+    // The peer tells the tier it holds two connections, one of them draining: its share
+    // is the one it keeps serving.
+    eventually(Duration::from_secs(5), "draining published", || async {
+        let (_, body) = peer.get("/status").await;
+        let doc: Value = serde_json::from_str(&body).expect("status JSON");
+        let me = &doc["peers"][0];
+        (me["connections"].as_u64(), me["draining"].as_u64()) == (Some(2), Some(1))
+    })
+    .await;
     // The open stream carries on and ends as the agent wants.
     let rest = segments("a", 10, 10);
     for m in &rest {
@@ -129,7 +138,9 @@ async fn a_long_lived_stream_on_a_draining_connection_is_ended_with_ok_between_m
     // Like the Rust agent: bursts on one stream that the agent never closes.
     let mut sent = Vec::new();
     let mut drained_at = None;
-    for round in 0..40 {
+    // Up to 20 s of bursts: far more than the second plus a quiet moment the rule needs,
+    // and far less than the 60 s grace that would close the connection hard.
+    for round in 0..80 {
         if call.is_finished() {
             break;
         }
@@ -145,8 +156,10 @@ async fn a_long_lived_stream_on_a_draining_connection_is_ended_with_ok_between_m
             })
             .await;
             let id = peer.connection_ids("serving").await[0];
-            assert!(peer.drain_connection(id).await);
+            // Taken before the request: the drain starts no earlier, so the stream's end
+            // is at least `drain_stream_after` later however slow the request is.
             drained_at = Some(Instant::now());
+            assert!(peer.drain_connection(id).await);
         }
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
@@ -154,8 +167,10 @@ async fn a_long_lived_stream_on_a_draining_connection_is_ended_with_ok_between_m
     assert!(call.is_finished(), "satmesh ended the stream");
     let ended_after = drained_at.elapsed();
     call.await.unwrap().expect("ended with OK");
+    // Never before `drain_stream_after`; then at the first quiet moment, which comes
+    // every 250 ms here (a loaded machine only stretches it), and long before the grace.
     assert!(
-        ended_after >= Duration::from_secs(1) && ended_after < Duration::from_secs(4),
+        ended_after >= Duration::from_secs(1) && ended_after < Duration::from_secs(20),
         "ended {ended_after:?} after the drain"
     );
     assert!(sent.len() > 15, "the stream carried on while draining");

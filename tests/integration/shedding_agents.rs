@@ -240,10 +240,12 @@ async fn scale_out(dial: Dial) -> String {
         if max / mean <= 1.25 && counts.iter().sum::<f64>() == count as f64 {
             break (started.elapsed(), counts);
         }
-        assert!(
-            started.elapsed() < Duration::from_secs(40),
-            "not balanced in 40 s: {counts:?}"
-        );
+        if started.elapsed() > Duration::from_secs(40) {
+            panic!(
+                "not balanced in 40 s: {counts:?}\n{}",
+                statuses(&peers).await
+            );
+        }
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
     // Settled: 5 s without a shed; then no shed for 8 s more (no oscillation).
@@ -304,6 +306,16 @@ async fn scale_out(dial: Dial) -> String {
         balanced.as_secs_f64(),
         settled.as_secs_f64()
     )
+}
+
+/// Each peer's `/status` (its view of the tier and its latest decision), for a failure.
+async fn statuses(peers: &[Proc]) -> String {
+    let mut text = String::new();
+    for (i, p) in peers.iter().enumerate() {
+        let (code, body) = p.get("/status").await;
+        text.push_str(&format!("peer-{i} /status ({code}): {body}\n"));
+    }
+    text
 }
 
 /// Connections each peer serves (draining ones are on their way out).

@@ -72,6 +72,12 @@ fn peer(name: &str, live: bool, state: PeerState, connections: u64, digest: u64)
             admin_addr: format!("{name}.satmesh:1234"),
             state,
             connections,
+            // A draining peer's connections are all draining.
+            draining: if state == PeerState::Draining {
+                connections
+            } else {
+                0
+            },
             connection_limit: 4000,
             events_per_sec: 250.0,
             oap_health: [(OAP_A.into(), true), (OAP_B.into(), true)].into(),
@@ -185,6 +191,8 @@ async fn json_is_the_default_and_html_is_for_browsers() {
     assert_eq!(json["self_id"]["node_id"], "peer-1");
     assert_eq!(json["totals"]["peers_live"], 2);
     assert_eq!(json["totals"]["connections"], 812 + 37);
+    assert_eq!(json["totals"]["draining"], 37);
+    assert_eq!(json["peers"][1]["draining"], 37);
     assert_eq!(json["ring"]["all_live_peers_agree"], true);
     assert_eq!(json["peers"][1]["state"], "draining");
     assert_eq!(json["peers"][2]["live"], false);
@@ -245,10 +253,13 @@ async fn satmesh_status_prints_the_table_or_the_raw_document() {
         ["1234", "56", "shedding", "(mean", "280.0)"],
         "{stdout}"
     );
-    assert_eq!(row("peer-2")[..4], ["peer-2", "draining", "yes", "37/4000"]);
+    assert_eq!(
+        row("peer-2")[..6],
+        ["peer-2", "draining", "yes", "37/4000", "(37", "draining)"]
+    );
     assert_eq!(row("peer-3")[..3], ["peer-3", "dead", "no"]);
     assert!(
-        stdout.contains("totals: 3 peers, 2 live, 1 ready; 849/4000 connections"),
+        stdout.contains("totals: 3 peers, 2 live, 1 ready; 849/4000 connections (37 draining)"),
         "{stdout}"
     );
     assert!(stdout.contains("all live peers agree"), "{stdout}");
@@ -492,6 +503,7 @@ async fn the_page_draws_bars_and_refreshes_itself_in_chromium() {
     assert_eq!(oap_bars(&dom), [(s(OAP_A), 1200), (s(OAP_B), 300)]);
     assert_eq!(ring_agrees(&dom).as_deref(), Some("true"), "{dom}");
     assert!(dom.contains("812 / 4,000"), "{dom}");
+    assert!(dom.contains("37 / 4,000 (37 draining)"), "{dom}");
     assert!(dom.contains("as seen by peer-1"), "{dom}");
     assert_eq!(
         peer_rows(&dom),

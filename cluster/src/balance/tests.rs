@@ -189,6 +189,21 @@ fn uses_its_own_exact_count_not_its_gossiped_one() {
     assert_eq!(decide(&counts(&[300, 100, 100]), 100, &s).shed, 0);
 }
 
+#[test]
+fn other_peers_draining_connections_count_for_nobody() {
+    let s = BalanceSettings::default();
+    // The failure seen with real agents behind a virtual IP: the first peer serves 11 but
+    // still holds 9 draining connections open, the second serves 14, the third 5.
+    let mut view = counts(&[14, 20, 5]);
+    view.peers[1].facts.draining = 9;
+    let b = decide(&view, 14, &s);
+    // Serving: mean 10, ceiling 11, and 5 is well below: shed. Counting the draining
+    // ones made the mean 13 and held this peer "within tolerance".
+    assert_eq!(b.mean, Some(10.0));
+    assert_eq!((b.shed, b.turn_away, b.hold), (1, true, None));
+    assert!(!admits(&view, 14, &s));
+}
+
 /// How clients come back after a shed.
 #[derive(Clone, Copy)]
 enum Reconnect {
