@@ -277,6 +277,7 @@ impl Reporter {
                 payload,
                 enqueued: Instant::now(),
                 key,
+                seq: 0,
             };
             // A full queue makes the report wait like an agent's message. Not raced with
             // `stop`: a push given up half-way would leak its room; at shutdown the queue

@@ -30,7 +30,7 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 
 pub use cluster::{Balance, Cluster};
-pub use pipeline::Pipeline;
+pub use pipeline::{Disk, FsyncMode, Pipeline, QueueKind};
 pub use routing::{Route, Routing};
 pub use server::{Admin, Server, Shutdown};
 pub use telemetry::{Log, LogFormat, SelfReport};

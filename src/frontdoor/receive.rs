@@ -90,6 +90,7 @@ where
                         match stream.try_next().now_or_never() {
                             Some(next) => next,
                             None if progress.at_boundary() => {
+                                intake.settle(&state).await?;
                                 state.metrics.front_door.streams_ended.inc();
                                 let (state, conn) = (state.clone(), conn.clone());
                                 let progress = progress.clone();
@@ -104,7 +105,7 @@ where
         };
         let payload = match next {
             Ok(Some(payload)) => payload,
-            Ok(None) => return Ok(()),
+            Ok(None) => return intake.settle(&state).await,
             Err(status) => return Err(refuse(&state, status)),
         };
         // When satmesh read the DATA frame that completed it: no clock read per message.
@@ -162,6 +163,8 @@ struct Intake {
     key: Option<Bytes>,
     /// The first message that names its agent identifies the connection (see `returns`).
     identify: bool,
+    /// The queue's number of the last message queued.
+    last: u64,
 }
 
 impl Intake {
@@ -177,6 +180,7 @@ impl Intake {
             fixed: state.policies[usize::from(method)] == RoutePolicy::Fixed,
             key: None,
             identify: !conn.is_identified() && payload.key_fields().is_some(),
+            last: 0,
         }
     }
 
@@ -210,15 +214,29 @@ impl Intake {
             payload,
             enqueued: now,
             key: self.key.clone(),
+            seq: 0,
         };
-        if let Err(event) = state.queue.try_push(event) {
-            state
+        self.last = match state.queue.try_push(event) {
+            Ok(seq) => seq,
+            Err(event) => state
                 .queue
                 .push(event)
                 .await
-                .map_err(|_| Status::unavailable("satmesh is shutting down"))?;
-        }
+                .map_err(|_| Status::unavailable("satmesh is shutting down"))?,
+        };
         Ok(())
+    }
+
+    /// Waits until everything this call queued is the queue's responsibility (at once
+    /// for the memory queue; written or synced for the disk queue): only then is the
+    /// agent answered OK.
+    async fn settle(&self, state: &State) -> Result<(), Status> {
+        match state.queue.settle(self.last) {
+            None => Ok(()),
+            Some(settling) => settling
+                .await
+                .map_err(|_| Status::unavailable("satmesh is shutting down")),
+        }
     }
 }
 

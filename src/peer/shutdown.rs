@@ -165,7 +165,8 @@ fn closed_hard(connections: &Connections) -> u64 {
     connections.counts().closed_hard.values().sum()
 }
 
-/// 4. Deliver what is queued by the deadline; what is left then is counted as dropped.
+/// 4. Deliver what is queued by the deadline; what is left then is counted as dropped
+///    (the memory queue) or stays on disk for the next start (the disk queue).
 ///    Returns the events dropped by the shutdown.
 async fn deliver_queue(
     queue: &Arc<dyn EventQueue>,
@@ -188,6 +189,9 @@ async fn deliver_queue(
         }
         delivery.drop_queued();
     }
+    // The disk queue syncs what it holds and stops its writer and reader: what is left
+    // stays on disk for the next start.
+    queue.finish().await;
     let dropped = metrics.dropped_total(DROP_SHUTDOWN) as usize;
     info!(took = ?phase.elapsed(), dropped, "queue delivered");
     dropped

@@ -133,6 +133,7 @@ mod tests {
             payload: Bytes::from_static(b"x"),
             enqueued: Instant::now().into_std(),
             key: None,
+            seq: 0,
         }
     }
 

@@ -263,6 +263,15 @@ impl Delivery {
         if events.is_empty() {
             return;
         }
+        if reason == DROP_SHUTDOWN && self.queue.abandon(events) {
+            // The disk queue keeps them: sent again at the next start, not lost.
+            warn!(
+                path = protocol::method(method).path,
+                events = events.len(),
+                "undelivered at the shutdown deadline, kept on disk"
+            );
+            return;
+        }
         let m = self.metrics.method(method);
         let counter = if reason == DROP_SHUTDOWN {
             &m.dropped_shutdown
@@ -279,10 +288,14 @@ impl Delivery {
         self.queue.release(events);
     }
 
-    /// Counts what is still queued as dropped (used after the shutdown deadline).
+    /// Counts what is still queued as dropped (used after the shutdown deadline), unless
+    /// the queue keeps it for the next start (the disk queue).
     pub fn drop_queued(&self) -> usize {
         let mut rest = Vec::new();
         self.queue.try_pop(usize::MAX, &mut rest);
+        if self.queue.abandon(&rest) {
+            return 0;
+        }
         let n = rest.len();
         for e in &rest {
             self.metrics.method(e.method).dropped_shutdown.inc();
@@ -294,7 +307,6 @@ impl Delivery {
                 "queued messages dropped at the shutdown deadline"
             );
         }
-        self.queue.release(&rest);
         n
     }
 }

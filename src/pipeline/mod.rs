@@ -4,11 +4,13 @@
 //! by an OAP, retrying on other nodes, before the queue's room is given back.
 //!
 //! - `queue`: the `EventQueue` trait and the in-memory queue.
+//! - `disk`: the disk queue (`pipeline.queue: disk`), which survives a crash.
 //! - `batcher`: sender tasks forming batches by size or age.
 //! - `delivery`: the one retry/acknowledgement driver every batch goes through.
 
 pub mod batcher;
 pub mod delivery;
+pub mod disk;
 pub mod queue;
 
 use std::net::SocketAddr;
@@ -30,6 +32,9 @@ pub struct Event {
     /// For fixed routing: the call's routing key (`satmesh_cluster::route_key` of its
     /// first message's service and instance); None otherwise.
     pub key: Option<Bytes>,
+    /// The disk queue's number for it (acknowledged by number); 0 until then, and in the
+    /// memory queue.
+    pub seq: u64,
 }
 
 /// Events that may share one upstream call: same path, same token, and for fixed
@@ -76,4 +81,5 @@ pub fn key_of(payload: crate::protocol::Payload, message: &[u8]) -> Option<Bytes
     Some(satmesh_cluster::route_key(key.service, key.instance).into())
 }
 
+pub use disk::{DiskQueue, DiskSettings, Fsync};
 pub use queue::{EventQueue, MemoryQueue, QueueClosed};

@@ -1,7 +1,7 @@
 //! The queue between the front door and the senders.
 //!
-//! `EventQueue` is the seam for another store (a disk-backed queue): the pipeline only
-//! pushes, pops and releases. Room is taken on push and given back on `release`, after
+//! `EventQueue` is the seam between the front door and the store (this in-memory queue,
+//! or the disk queue of `disk`): the pipeline only pushes, pops and releases. Room is taken on push and given back on `release`, after
 //! the OAP acknowledged (or the event was counted as dropped), so events in flight count
 //! against the bound and memory stays bounded while an OAP is down.
 
@@ -27,14 +27,28 @@ pub struct Depth {
     pub capacity_bytes: usize,
 }
 
+// `try_push` gives a whole event back when there is no room, so the caller's `push`
+// waits with it: no copy, no allocation on the usual path.
+#[allow(clippy::result_large_err)]
 pub trait EventQueue: Send + Sync + 'static {
-    /// Waits for room, then stores the event. Once this returns Ok the event is the
-    /// queue's responsibility and the agent may be told so.
-    fn push(&self, event: Event) -> BoxFuture<'_, Result<(), QueueClosed>>;
+    /// Waits for room, then takes the event; returns its number in the queue (0 when the
+    /// queue does not number events). The agent may be told OK once [`settle`] says so.
+    ///
+    /// [`settle`]: EventQueue::settle
+    fn push(&self, event: Event) -> BoxFuture<'_, Result<u64, QueueClosed>>;
 
-    /// Stores the event if there is room now, without waiting or allocating; gives it
+    /// Takes the event if there is room now, without waiting or allocating; gives it
     /// back otherwise (then `push` waits for room).
-    fn try_push(&self, event: Event) -> Result<(), Event>;
+    fn try_push(&self, event: Event) -> Result<u64, Event>;
+
+    /// None when every event pushed up to number `upto` is the queue's responsibility
+    /// already (the memory queue: at once); otherwise a future that resolves once it is
+    /// (the disk queue: written, or synced with `fsync: always`). Called once per call
+    /// before the agent is answered, with the number of its last pushed event.
+    fn settle(&self, upto: u64) -> Option<BoxFuture<'_, Result<(), QueueClosed>>> {
+        let _ = upto;
+        None
+    }
 
     /// Waits for at least one event, then moves up to `max` into `out` without waiting.
     /// Returns false once the queue is closed and empty.
@@ -43,13 +57,33 @@ pub trait EventQueue: Send + Sync + 'static {
     /// Moves up to `max` events into `out` if any are there, without waiting.
     fn try_pop(&self, max: usize, out: &mut Vec<Event>);
 
-    /// These events left the pipeline (acknowledged or dropped): give their room back.
+    /// These events left the pipeline (acknowledged, or dropped as rejected): give their
+    /// room back; a durable queue forgets them.
     fn release(&self, events: &[Event]);
+
+    /// These events are given up at the shutdown deadline, not delivered. Returns true
+    /// when the queue keeps them for the next start (the disk queue), false when they are
+    /// lost (the memory queue: counted as dropped by the caller).
+    fn abandon(&self, events: &[Event]) -> bool {
+        self.release(events);
+        false
+    }
 
     /// No more pushes; pops drain what is left.
     fn close(&self);
 
+    /// Ends the queue's own work (the disk queue: syncs and stops its writer and reader);
+    /// called once, last, at shutdown.
+    fn finish(&self) -> BoxFuture<'_, ()> {
+        Box::pin(async {})
+    }
+
     fn depth(&self) -> Depth;
+
+    /// The disk queue's figures, for `/metrics`.
+    fn disk(&self) -> Option<std::sync::Arc<super::disk::DiskStats>> {
+        None
+    }
 }
 
 /// A bounded in-memory queue: FIFO, many producers, many consumers.
@@ -88,7 +122,7 @@ impl MemoryQueue {
 }
 
 impl EventQueue for MemoryQueue {
-    fn push(&self, event: Event) -> BoxFuture<'_, Result<(), QueueClosed>> {
+    fn push(&self, event: Event) -> BoxFuture<'_, Result<u64, QueueClosed>> {
         Box::pin(async move {
             let cost = self.cost(&event);
             // The permits are guards until the event is in: a push dropped while it waits
@@ -102,11 +136,11 @@ impl EventQueue for MemoryQueue {
             self.tx.try_send(event).map_err(|_| QueueClosed)?;
             events.forget();
             bytes.forget();
-            Ok(())
+            Ok(0)
         })
     }
 
-    fn try_push(&self, event: Event) -> Result<(), Event> {
+    fn try_push(&self, event: Event) -> Result<u64, Event> {
         // Permits are only free when nobody waits for them (a release serves waiters
         // first), so this never overtakes a waiting push.
         let Ok(events) = self.events.try_acquire() else {
@@ -118,7 +152,7 @@ impl EventQueue for MemoryQueue {
         self.tx.try_send(event).map_err(|e| e.into_inner())?;
         events.forget();
         bytes.forget();
-        Ok(())
+        Ok(0)
     }
 
     fn pop<'a>(&'a self, max: usize, out: &'a mut Vec<Event>) -> BoxFuture<'a, bool> {
@@ -182,6 +216,7 @@ mod tests {
             payload: Bytes::from(vec![0; len]),
             enqueued: Instant::now(),
             key: None,
+            seq: 0,
         }
     }
 

@@ -32,6 +32,7 @@ use tonic::{Code, Status};
 
 use crate::load::latency::{self, LatencySummary};
 
+mod linger;
 pub mod server;
 mod service;
 

@@ -13,12 +13,13 @@ use axum::extract::State as AxumState;
 use axum::routing::{get, post};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio::time::{Instant, sleep_until};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, warn};
 
+use super::linger::Lingering;
 use super::service::SinkService;
 use super::{CountsView, Faults, Sink};
 use crate::load::latency::LatencySummary;
@@ -30,7 +31,7 @@ const GOAWAY_GRACE: Duration = Duration::from_secs(60);
 const STOP_GRACE: Duration = Duration::from_secs(1);
 
 type Connection = hyper::server::conn::http2::Connection<
-    TokioIo<TcpStream>,
+    TokioIo<Lingering>,
     TowerToHyperService<SinkService>,
     TokioExecutor,
 >;
@@ -72,6 +73,7 @@ pub async fn serve_grpc(sink: Arc<Sink>, listener: TcpListener, stop: Cancellati
             goaway: goaway.clone(),
             calls: Default::default(),
         };
+        let stream = Lingering::new(stream, connections.clone());
         let conn =
             builder.serve_connection(TokioIo::new(stream), TowerToHyperService::new(service));
         connections.spawn(drive(conn, peer, goaway, stop.clone()));
