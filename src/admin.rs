@@ -50,6 +50,9 @@ async fn metrics(
     m.queue_bytes.set(depth.bytes as i64);
     m.queue_capacity_events.set(depth.capacity_events as i64);
     m.queue_capacity_bytes.set(depth.capacity_bytes as i64);
+    if let Some(disk) = s.queue.disk() {
+        m.disk.update(&disk);
+    }
     let open = s.front_door.len();
     m.connections_open.set(open as i64);
     let limit = s.front_door.limit();

@@ -177,12 +177,20 @@ fn runtime() -> tokio::runtime::Runtime {
         .expect("tokio runtime")
 }
 
+/// Exit 0, or the error and 1; 2 when the disk queue's directory cannot be used (another
+/// satmesh holds it, or it cannot be created or read), as for a config error.
 fn report(result: anyhow::Result<()>) -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("satmesh: {e:#}");
-            ExitCode::FAILURE
+            if e.downcast_ref::<satmesh::pipeline::disk::OpenError>()
+                .is_some()
+            {
+                ExitCode::from(2)
+            } else {
+                ExitCode::FAILURE
+            }
         }
     }
 }

@@ -27,6 +27,8 @@ pub struct Metrics {
     pub queue_bytes: IntGauge,
     pub queue_capacity_events: IntGauge,
     pub queue_capacity_bytes: IntGauge,
+    /// The disk queue (`pipeline.queue: disk`); zero without one.
+    pub disk: DiskMetrics,
     pub batch_size: Histogram,
     /// Time from an event entering the queue to the OAP acknowledging its batch.
     pub delivery_latency: Histogram,
@@ -91,6 +93,35 @@ pub struct MethodMetrics {
     pub dropped_rejected: IntCounter,
     /// Queries answered with an empty `Commands` because no OAP answered in time.
     pub query_fallbacks: IntCounter,
+}
+
+/// The disk queue's figures, copied from its own counters at each scrape.
+pub struct DiskMetrics {
+    pub full: IntGauge,
+    pub bytes_used: IntGauge,
+    pub bytes_limit: IntGauge,
+    pub corrupt: IntCounter,
+    pub replayed: IntCounter,
+    pub fsyncs: IntCounter,
+    pub bytes_written: IntCounter,
+}
+
+impl DiskMetrics {
+    /// Brings the metrics up to `stats` (counters only move forward).
+    pub fn update(&self, stats: &crate::pipeline::disk::DiskStats) {
+        use std::sync::atomic::Ordering::Relaxed;
+        self.full.set(i64::from(stats.full.load(Relaxed)));
+        self.bytes_used.set(stats.used_bytes.load(Relaxed) as i64);
+        self.bytes_limit.set(stats.limit_bytes.load(Relaxed) as i64);
+        for (counter, value) in [
+            (&self.corrupt, &stats.corrupt),
+            (&self.replayed, &stats.replayed),
+            (&self.fsyncs, &stats.fsyncs),
+            (&self.bytes_written, &stats.bytes_written),
+        ] {
+            counter.inc_by(value.load(Relaxed).saturating_sub(counter.get()));
+        }
+    }
 }
 
 fn counter_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -307,6 +338,43 @@ impl Metrics {
                 "satmesh_queue_capacity_bytes",
                 "Queue capacity in bytes",
             ),
+            disk: DiskMetrics {
+                full: gauge(
+                    &r,
+                    "satmesh_disk_full",
+                    "1 while the disk queue cannot write (at pipeline.disk.max_bytes, or the file system refused a write): agents are slowed, nothing is dropped",
+                ),
+                bytes_used: gauge(
+                    &r,
+                    "satmesh_disk_bytes_used",
+                    "Bytes of the disk queue's segment and acknowledgement files",
+                ),
+                bytes_limit: gauge(
+                    &r,
+                    "satmesh_disk_bytes_limit",
+                    "pipeline.disk.max_bytes (0 without a disk queue)",
+                ),
+                corrupt: counter(
+                    &r,
+                    "satmesh_disk_records_corrupt_total",
+                    "Disk queue records skipped because they were damaged or unreadable (each logged with its file and offset)",
+                ),
+                replayed: counter(
+                    &r,
+                    "satmesh_disk_records_replayed_total",
+                    "Records left by the last run found on disk and sent again",
+                ),
+                fsyncs: counter(
+                    &r,
+                    "satmesh_disk_fsyncs_total",
+                    "fdatasync calls of the disk queue",
+                ),
+                bytes_written: counter(
+                    &r,
+                    "satmesh_disk_bytes_written_total",
+                    "Bytes the disk queue wrote (records, headers, acknowledgements)",
+                ),
+            },
             batch_size: histogram(
                 &r,
                 "satmesh_batch_size",

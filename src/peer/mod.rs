@@ -149,7 +149,7 @@ impl Peer {
         let root = CancellationToken::new();
         let cancel_on_drop = root.clone().drop_guard();
         let stops = Stops::new(&root);
-        let parts = Parts::new(&config);
+        let parts = Parts::new(&config)?;
         let shed = ShedState::new(config.balance.enabled);
         let tier = Tier::start(
             tier::node_id(&config.cluster),

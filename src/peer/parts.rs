@@ -9,6 +9,7 @@ use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinHandle;
 use tokio_util::task::TaskTracker;
 use tonic::metadata::{Ascii, MetadataValue};
+use tracing::warn;
 
 use super::{Senders, Stops};
 use crate::admin::{self, AdminState};
@@ -17,7 +18,9 @@ use crate::frontdoor::{self, Connections, H2Settings, Handler, LifecycleSettings
 use crate::metrics::Metrics;
 use crate::pipeline::batcher::Batcher;
 use crate::pipeline::delivery::Delivery;
-use crate::pipeline::{EventQueue, MemoryQueue, Placement};
+use crate::pipeline::disk::OpenError;
+use crate::pipeline::leftover::Leftover;
+use crate::pipeline::{DiskQueue, DiskSettings, EventQueue, Fsync, MemoryQueue, Placement};
 use crate::shed::{self, ShedHistory};
 use crate::tier::{Tier, TierStatus};
 use crate::upstream::conn::ConnectSettings;
@@ -33,14 +36,11 @@ pub(super) struct Parts {
 }
 
 impl Parts {
-    pub(super) fn new(config: &Config) -> Parts {
+    pub(super) fn new(config: &Config) -> Result<Parts, OpenError> {
         let metrics = Arc::new(Metrics::new());
         let tasks = TaskTracker::new();
-        Parts {
-            queue: Arc::new(MemoryQueue::new(
-                config.pipeline.queue_events,
-                config.pipeline.queue_bytes,
-            )),
+        Ok(Parts {
+            queue: queue(&config.pipeline)?,
             pool: pool(&config.upstream, metrics.clone(), tasks.clone()),
             // Every agent connection's lifecycle; the tier reads it and (shedding)
             // drains from it.
@@ -50,8 +50,50 @@ impl Parts {
             ),
             metrics,
             tasks,
-        }
+        })
     }
+}
+
+/// The disk queue's settings from `pipeline`.
+pub fn disk_settings(p: &config::Pipeline) -> DiskSettings {
+    DiskSettings {
+        dir: p.disk.path.clone(),
+        max_bytes: p.disk.max_bytes,
+        segment_bytes: p.disk.segment_bytes.min(p.disk.max_bytes / 4),
+        fsync: match p.disk.fsync {
+            config::FsyncMode::Always => Fsync::Always,
+            config::FsyncMode::Interval => Fsync::Interval(p.disk.fsync_interval),
+        },
+        window_events: p.queue_events,
+        window_bytes: p.queue_bytes,
+    }
+}
+
+/// `pipeline.queue`: memory, or disk. A memory-queue peer that finds a disk queue's
+/// segments at `pipeline.disk.path` delivers them first (see `pipeline::leftover`).
+fn queue(p: &config::Pipeline) -> Result<Arc<dyn EventQueue>, OpenError> {
+    let memory = || MemoryQueue::new(p.queue_events, p.queue_bytes);
+    match p.queue {
+        config::QueueKind::Disk => Ok(Arc::new(DiskQueue::open(disk_settings(p))?)),
+        config::QueueKind::Memory if holds_segments(&p.disk.path) => {
+            warn!(dir = %p.disk.path.display(), "pipeline.queue is memory, but a disk queue left records here: delivering them first");
+            let disk = DiskQueue::open(disk_settings(p))?;
+            Ok(Arc::new(Leftover::new(disk, memory())))
+        }
+        config::QueueKind::Memory => Ok(Arc::new(memory())),
+    }
+}
+
+/// Whether `dir` holds queue segments.
+fn holds_segments(dir: &std::path::Path) -> bool {
+    std::fs::read_dir(dir).is_ok_and(|entries| {
+        entries.flatten().any(|e| {
+            e.file_name()
+                .to_str()
+                .and_then(crate::pipeline::disk::segment::parse_name)
+                .is_some_and(|(_, segment)| segment)
+        })
+    })
 }
 
 /// The shedder's latest decision and its recent rounds: the tier gossips the decision,

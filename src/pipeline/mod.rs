@@ -5,12 +5,14 @@
 //!
 //! - `queue`: the `EventQueue` trait and the in-memory queue.
 //! - `disk`: the disk queue (`pipeline.queue: disk`), which survives a crash.
+//! - `leftover`: a disk queue's records found by a memory-queue peer, delivered first.
 //! - `batcher`: sender tasks forming batches by size or age.
 //! - `delivery`: the one retry/acknowledgement driver every batch goes through.
 
 pub mod batcher;
 pub mod delivery;
 pub mod disk;
+pub mod leftover;
 pub mod queue;
 
 use std::net::SocketAddr;

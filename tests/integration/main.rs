@@ -24,6 +24,7 @@ mod bench_smoke;
 mod default_config;
 mod delivery;
 mod deploy_manifests;
+mod disk_queue;
 mod h2_budget;
 mod idle_connections;
 mod kubernetes_discovery;
