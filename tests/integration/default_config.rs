@@ -108,9 +108,23 @@ fn default_file_names_every_key() {
     leaves(&defaults(), &mut Vec::new(), &mut all);
     assert!(all.len() > 20, "too few keys: {all:?}");
     for (path, value) in all {
-        assert_eq!(path.len(), 2, "update this test for nested keys: {path:?}");
-        let (section, key) = (&path[0], &path[1]);
-        let block = section_lines(&text, section);
+        assert!(
+            (2..=3).contains(&path.len()),
+            "update this test for deeper keys: {path:?}"
+        );
+        let (section, key) = (&path[0], &path[path.len() - 1]);
+        let mut block = section_lines(&text, section);
+        if path.len() == 3 {
+            // A subsection (`pipeline.disk`): the lines indented under its `disk:` line.
+            let sub = format!("{}:", path[1]);
+            block = block
+                .iter()
+                .skip_while(|l| l.trim_start() != sub)
+                .skip(1)
+                .take_while(|l| l.is_empty() || l.starts_with("    "))
+                .copied()
+                .collect();
+        }
         let set = block
             .iter()
             .any(|l| l.trim_start().starts_with(&format!("{key}:")));
