@@ -32,6 +32,9 @@ pub struct Metrics {
     pub batch_size: Histogram,
     /// Time from an event entering the queue to the OAP acknowledging its batch.
     pub delivery_latency: Histogram,
+    /// Time a report call waits, after its last message was queued, for the disk queue
+    /// to hold it (written, or synced with `fsync: always`) before the agent's OK.
+    pub settle_latency: Histogram,
     pub upstream_latency: HistogramVec,
     pub upstream_up: IntGaugeVec,
     pub upstream_failures: IntCounterVec,
@@ -387,6 +390,12 @@ impl Metrics {
                 &r,
                 "satmesh_delivery_latency_seconds",
                 "Time from queueing an event to the OAP acknowledging it",
+                LATENCY_BUCKETS.to_vec(),
+            ),
+            settle_latency: histogram(
+                &r,
+                "satmesh_disk_settle_seconds",
+                "Time a report call waited after its last message was queued for the disk queue to hold it (written, or synced with fsync: always) before the agent was answered OK",
                 LATENCY_BUCKETS.to_vec(),
             ),
             upstream_latency,

@@ -233,9 +233,15 @@ impl Intake {
     async fn settle(&self, state: &State) -> Result<(), Status> {
         match state.queue.settle(self.last) {
             None => Ok(()),
-            Some(settling) => settling
-                .await
-                .map_err(|_| Status::unavailable("satmesh is shutting down")),
+            Some(settling) => {
+                let waiting = Instant::now();
+                let settled = settling.await;
+                state
+                    .metrics
+                    .settle_latency
+                    .observe(waiting.elapsed().as_secs_f64());
+                settled.map_err(|_| Status::unavailable("satmesh is shutting down"))
+            }
         }
     }
 }

@@ -284,3 +284,65 @@ async fn at_max_bytes_pushes_wait_and_nothing_is_dropped() {
     assert!(!q.stats().full.load(Ordering::Relaxed), "writing again");
     q.finish().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_torn_acknowledgement_is_cut_off_and_later_ones_stay_aligned() {
+    let dir = tempfile::tempdir().unwrap();
+    let big = DiskSettings {
+        segment_bytes: 1024 * 1024,
+        ..settings(dir.path(), Fsync::Always)
+    };
+    let wait_written = |q: &DiskQueue, bytes: u64| {
+        let stats = q.stats();
+        async move {
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while stats.bytes_written.load(Ordering::Relaxed) < bytes {
+                assert!(Instant::now() < deadline, "acknowledgements never written");
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        }
+    };
+    {
+        let q = DiskQueue::open(big.clone()).unwrap();
+        push_all(&q, 0..100).await;
+        let events = pop_n(&q, 100).await;
+        let written = q.stats().bytes_written.load(Ordering::Relaxed);
+        q.release(&events[..50]);
+        wait_written(&q, written + 50 * 8).await;
+        crash(q).await;
+    }
+    let ack = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.extension().is_some_and(|x| x == "ack"))
+        .expect("an acknowledgement file");
+    // A crash in the middle of the next entry.
+    let mut bytes = std::fs::read(&ack).unwrap();
+    bytes.extend_from_slice(&[7, 7, 7]);
+    std::fs::write(&ack, &bytes).unwrap();
+    {
+        let q = DiskQueue::open(big.clone()).unwrap();
+        let events = pop_n(&q, 50).await;
+        let written = q.stats().bytes_written.load(Ordering::Relaxed);
+        q.release(&events[..10]);
+        wait_written(&q, written + 10 * 8).await;
+        crash(q).await;
+    }
+    assert_eq!(
+        std::fs::metadata(&ack).unwrap().len() % 8,
+        0,
+        "entries aligned"
+    );
+    let q = DiskQueue::open(big).unwrap();
+    let events = pop_n(&q, 40).await;
+    assert_eq!(numbers(&events).len(), 40);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let mut more = Vec::new();
+    q.try_pop(10, &mut more);
+    assert!(
+        more.is_empty(),
+        "acknowledged records came back: {}",
+        more.len()
+    );
+    q.finish().await;
+}

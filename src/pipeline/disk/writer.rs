@@ -11,7 +11,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::fs::{File, OpenOptions};
-use std::io::{self, Write};
+use std::io;
 use std::os::unix::fs::FileExt;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -58,7 +58,7 @@ pub(super) struct Writer {
     active: Option<Active>,
     /// Open acknowledgement files by segment, and whether any was written since the last
     /// sync.
-    acks: HashMap<u64, File>,
+    acks: HashMap<u64, (File, u64)>,
     acks_dirty: bool,
     /// Records written since the last sync (`fsync: interval`).
     data_dirty: bool,
@@ -372,15 +372,11 @@ impl Writer {
         }
         let dir = &self.shared.settings.dir;
         for (first_seq, bytes) in by_segment {
-            let file = match self.acks.entry(first_seq) {
+            let (file, len) = match self.acks.entry(first_seq) {
                 std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
                 std::collections::hash_map::Entry::Vacant(e) => {
-                    match OpenOptions::new()
-                        .create(true)
-                        .append(true)
-                        .open(segment::ack_path(dir, first_seq))
-                    {
-                        Ok(file) => e.insert(file),
+                    match open_acks(&segment::ack_path(dir, first_seq)) {
+                        Ok(opened) => e.insert(opened),
                         Err(err) => {
                             // Only a replay after a crash would send these again.
                             warn!(error = %err, "could not record acknowledgements");
@@ -389,8 +385,9 @@ impl Writer {
                     }
                 }
             };
-            match file.write_all(&bytes) {
+            match file.write_all_at(&bytes, *len) {
                 Ok(()) => {
+                    *len += bytes.len() as u64;
                     let stats = &self.shared.stats;
                     stats
                         .used_bytes
@@ -400,7 +397,11 @@ impl Writer {
                         .fetch_add(bytes.len() as u64, Ordering::Relaxed);
                     self.acks_dirty = true;
                 }
-                Err(err) => warn!(error = %err, "could not record acknowledgements"),
+                Err(err) => {
+                    // A part written would shift every later entry: cut it off again.
+                    let _ = file.set_len(*len);
+                    warn!(error = %err, "could not record acknowledgements");
+                }
             }
         }
     }
@@ -422,7 +423,7 @@ impl Writer {
             }
         }
         if self.acks_dirty {
-            for file in self.acks.values() {
+            for (file, _) in self.acks.values() {
                 let _ = file.sync_data();
                 stats.fsyncs.fetch_add(1, Ordering::Relaxed);
             }
@@ -480,6 +481,22 @@ impl Writer {
             info!(records = left, dir = %self.shared.settings.dir.display(), "records not yet acknowledged stay on disk and are sent again at the next start");
         }
     }
+}
+
+/// Opens a segment's acknowledgement file for appending whole entries: a torn last
+/// entry (a crash mid-write) is cut off first, so later entries stay aligned.
+fn open_acks(path: &std::path::Path) -> io::Result<(File, u64)> {
+    let file = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(path)?;
+    let len = file.metadata()?.len();
+    let whole = len - len % 8;
+    if whole != len {
+        file.set_len(whole)?;
+    }
+    Ok((file, whole))
 }
 
 /// Writes `bytes` at `offset` of `file` (positioned: a write cut off and truncated
