@@ -223,3 +223,116 @@ async fn a_memory_queue_peer_delivers_what_a_disk_queue_run_left() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// A tmpfs of `size` mounted on a fresh directory, unmounted when dropped.
+struct Tmpfs {
+    dir: tempfile::TempDir,
+}
+
+impl Tmpfs {
+    fn mount(size: &str) -> Tmpfs {
+        let dir = tempfile::tempdir().unwrap();
+        let status = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir.path())
+            .status()
+            .expect("mount (needs root, as the rest of the suite's setup does)");
+        assert!(status.success(), "mount -t tmpfs failed");
+        Tmpfs { dir }
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(self.dir.path())
+            .status();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_file_system_slows_agents_and_loses_nothing() {
+    let fs = Tmpfs::mount("16m");
+    let sink = sink(&[]).await;
+    sink.set_faults(json!({"refuse": true})).await;
+    // max_bytes far above the tmpfs: the file system's ENOSPC is what stops the writer.
+    let mut envs = disk_env(fs.dir.path());
+    envs.push(("SATMESH__PIPELINE__DISK__MAX_BYTES", "1073741824".to_owned()));
+    envs.push(("SATMESH__PIPELINE__DISK__SEGMENT_BYTES", "1048576".to_owned()));
+    let mut peer = peer(sink.grpc, &envs).await;
+    let client = Client::connect(peer.grpc).await;
+    // 4 agents x 200 calls x 25 segments of ~1.3 KiB: ~26 MB, more than the tmpfs holds
+    // with the OAP down.
+    let agents: Vec<_> = (0..4)
+        .map(|a| {
+            let client = client.clone();
+            tokio::spawn(async move {
+                let mut acknowledged = Vec::new();
+                for c in 0..200 {
+                    let instance = format!("full-{a}-{c}");
+                    let batch: Vec<Bytes> =
+                        (0..25).map(|i| segment("svc", &instance, i, 1200)).collect();
+                    client
+                        .stream(SEGMENTS, batch, md(&[]))
+                        .await
+                        .expect("slowed, never failed");
+                    acknowledged.push(instance);
+                }
+                acknowledged
+            })
+        })
+        .collect();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while peer.metric("satmesh_disk_full").await < 1.0 {
+        assert!(Instant::now() < deadline, "the file system never filled");
+        if agents.iter().all(|a| a.is_finished()) {
+            for agent in agents {
+                agent.await.expect("agent");
+            }
+            panic!("everything fit: make the load larger");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Full: the agents wait, satmesh lives on.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(agents.iter().any(|a| !a.is_finished()), "agents were not slowed");
+    assert!(peer.child.try_wait().unwrap().is_none(), "satmesh exited");
+
+    sink.set_faults(json!({})).await;
+    let mut acknowledged = Vec::new();
+    for agent in agents {
+        let calls = tokio::time::timeout(Duration::from_secs(120), agent)
+            .await
+            .expect("agents finish once the OAP drains the disk")
+            .unwrap();
+        acknowledged.extend(calls);
+    }
+    assert_eq!(acknowledged.len(), 800);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let c = sink.counts().await;
+        let arrived: std::collections::HashMap<&str, u64> = c["segments"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|e| Some((e["instance"].as_str()?, e["messages"].as_u64()?)))
+            .collect();
+        let missing = acknowledged
+            .iter()
+            .filter(|i| arrived.get(i.as_str()).copied().unwrap_or(0) < 25)
+            .count();
+        if missing == 0 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{missing} acknowledged calls missing");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while peer.metric("satmesh_disk_full").await > 0.0 {
+        assert!(Instant::now() < deadline, "still full after draining");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(peer.child.try_wait().unwrap().is_none(), "satmesh exited");
+    assert!(peer.terminate(Duration::from_secs(30)).await.success());
+}
