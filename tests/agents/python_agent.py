@@ -93,24 +93,32 @@ def wrap_report(cls, kind, stats):
 
     def report(self, generator):
         n = 0
+        ended = False
 
         def counted():
             nonlocal n
             for item in generator:
                 with stats.lock:
-                    n += 1
-                    stats.in_flight[kind] += 1
+                    if ended:
+                        # grpc's request thread can pull one more message after the call
+                        # already failed (a connection cut): it never reaches the wire.
+                        stats.lost[kind] += 1
+                    else:
+                        n += 1
+                        stats.in_flight[kind] += 1
                 yield item
 
         try:
             orig(self, counted())
         except BaseException:
             with stats.lock:
+                ended = True
                 stats.in_flight[kind] -= n
                 stats.lost[kind] += n
                 stats.stream_errors += 1
             raise
         with stats.lock:
+            ended = True
             stats.in_flight[kind] -= n
             stats.acked[kind] += n
 
