@@ -5,7 +5,8 @@
 //!   `kubernetes-validate` and a pinned kubectl from PyPI in `target/deploy-venv`);
 //! - the objects agree with each other (selectors, named ports, service account, autoscaler
 //!   targets, network policy), with satmesh's own config (`satmesh check-config` on the
-//!   ConfigMap with the pod's environment) and with `deploy/Dockerfile`.
+//!   ConfigMap with the pod's environment: the disk queue's directory is a volume larger
+//!   than `pipeline.disk.max_bytes`) and with `deploy/Dockerfile`.
 //!
 //! Not checked here: CRD objects (KEDA's ScaledObject, the Prometheus Operator's
 //! PodMonitor) against their CRDs' schemas (only the fields read below), the image build,
@@ -21,8 +22,14 @@ use serde_json::{Value, json};
 const REPO: &str = env!("CARGO_MANIFEST_DIR");
 /// The label every satmesh object selects pods by.
 const APP: (&str, &str) = ("app.kubernetes.io/name", "satmesh");
-/// What a user applies: the tier alone, or with one of the two autoscalers.
-const APPLIED: &[&str] = &["base", "overlays/hpa", "overlays/keda"];
+/// What a user applies: the tier alone, with one of the two autoscalers, or as a
+/// StatefulSet (each peer's disk queue on a claim of its own).
+const APPLIED: &[&str] = &[
+    "base",
+    "overlays/hpa",
+    "overlays/keda",
+    "overlays/statefulset",
+];
 /// Stand-ins for the downward API when the pod's environment is resolved.
 const POD_NAME: &str = "satmesh-5d8f7c9b4-x2k9q";
 const POD_IP: &str = "10.1.2.3";
@@ -110,12 +117,27 @@ fn deployment(root: &str) -> &'static Value {
     one_of(root, "Deployment")
 }
 
+/// What runs the pods: the Deployment, or the StatefulSet that replaces it.
+fn workload(root: &str) -> &'static Value {
+    let found: Vec<_> = objects(root)
+        .iter()
+        .filter(|o| o["kind"] == "Deployment" || o["kind"] == "StatefulSet")
+        .collect();
+    assert_eq!(
+        found.len(),
+        1,
+        "{root}: expected one Deployment or StatefulSet, found {}",
+        found.len()
+    );
+    found[0]
+}
+
 fn pod_labels(root: &str) -> &'static Value {
-    &deployment(root)["spec"]["template"]["metadata"]["labels"]
+    &workload(root)["spec"]["template"]["metadata"]["labels"]
 }
 
 fn container(root: &str) -> &'static Value {
-    let containers = deployment(root)["spec"]["template"]["spec"]["containers"]
+    let containers = workload(root)["spec"]["template"]["spec"]["containers"]
         .as_array()
         .expect("containers");
     assert_eq!(containers.len(), 1, "{root}: one container, satmesh");
@@ -186,14 +208,14 @@ fn every_object_passes_the_kubernetes_schemas() {
         "rendered by {renderer}"
     );
     for root in APPLIED {
-        deployment(root);
+        workload(root);
     }
 }
 
 #[test]
 fn services_budget_and_probes_select_the_pods_and_their_ports() {
     for root in APPLIED {
-        let deploy = deployment(root);
+        let deploy = workload(root);
         let labels = pod_labels(root);
         assert_eq!(labels[APP.0], APP.1, "{root}: pods carry the app label");
         assert!(selects(&deploy["spec"]["selector"]["matchLabels"], labels));
@@ -296,7 +318,7 @@ fn services_budget_and_probes_select_the_pods_and_their_ports() {
 /// The container's environment as the kubelet makes it: downward API values from stand-ins,
 /// `$(VAR)` replaced by variables defined earlier in the list.
 fn pod_environment(root: &str) -> Vec<(String, String)> {
-    let namespace = text(deployment(root), "/metadata/namespace");
+    let namespace = text(workload(root), "/metadata/namespace");
     let mut env: Vec<(String, String)> = Vec::new();
     for var in container(root)["env"].as_array().expect("env") {
         let value = match var["value"].as_str() {
@@ -337,7 +359,7 @@ fn effective_config(root: &str) -> Value {
         .iter()
         .find(|m| Path::new(text(m, "/mountPath")) == path.parent().expect("dir"))
         .unwrap_or_else(|| panic!("{root}: nothing mounted at {}", path.display()));
-    let volume = deployment(root)["spec"]["template"]["spec"]["volumes"]
+    let volume = workload(root)["spec"]["template"]["spec"]["volumes"]
         .as_array()
         .expect("volumes")
         .iter()
@@ -427,12 +449,12 @@ fn config_map_runs_with_the_pods_ports_peers_and_grace_period() {
             // Unset: the pod's own namespace.
             let namespace = upstream["kubernetes"]["namespace"]
                 .as_str()
-                .unwrap_or_else(|| text(deployment(root), "/metadata/namespace"));
+                .unwrap_or_else(|| text(workload(root), "/metadata/namespace"));
             assert_can_watch_endpointslices(root, namespace);
         }
 
         // The kubelet kills at the grace period, counted from deletion, preStop included.
-        let pod = &deployment(root)["spec"]["template"]["spec"];
+        let pod = &workload(root)["spec"]["template"]["spec"];
         let grace = Duration::from_secs(number(pod, "/terminationGracePeriodSeconds"));
         let pre_stop =
             Duration::from_secs(number(container(root), "/lifecycle/preStop/sleep/seconds"));
@@ -452,11 +474,167 @@ fn config_map_runs_with_the_pods_ports_peers_and_grace_period() {
     }
 }
 
+/// The disk queue's directory is a volume of the pod's own, writable by the image's user,
+/// and larger than `pipeline.disk.max_bytes` by what may pass that bound: the kubelet
+/// evicts a pod whose emptyDir passes its sizeLimit, which would delete the queue before
+/// satmesh's own bound slowed the agents.
+#[test]
+fn disk_queue_is_on_a_volume_larger_than_max_bytes() {
+    for root in APPLIED {
+        let config = effective_config(root);
+        assert_eq!(
+            text(&config, "/pipeline/queue"),
+            "disk",
+            "{root}: the peers run the disk queue"
+        );
+        let path = text(&config, "/pipeline/disk/path");
+        let max_bytes = number(&config, "/pipeline/disk/max_bytes");
+        // The segment size satmesh uses (src/peer/parts.rs: at most a quarter of max_bytes).
+        let segment = number(&config, "/pipeline/disk/segment_bytes").min(max_bytes / 4);
+        // Past max_bytes: .ack entries, 8 bytes per record and still appended at the bound
+        // (an eighth of max_bytes when records are 64 bytes or more), and a segment whose
+        // header is damaged, set aside uncounted.
+        let needed = max_bytes + max_bytes / 8 + segment;
+
+        let c = container(root);
+        let mount = c["volumeMounts"]
+            .as_array()
+            .expect("volumeMounts")
+            .iter()
+            .find(|m| m["mountPath"] == path)
+            .unwrap_or_else(|| {
+                panic!("{root}: no volume at pipeline.disk.path {path} (the root file system is read-only)")
+            });
+        assert_ne!(mount["readOnly"], true, "{root}: the queue is written");
+        let volume_name = text(mount, "/name");
+        let workload = workload(root);
+        let pod = &workload["spec"]["template"]["spec"];
+        let volume = pod["volumes"]
+            .as_array()
+            .expect("volumes")
+            .iter()
+            .find(|v| v["name"] == volume_name);
+        let claim = workload["spec"]["volumeClaimTemplates"]
+            .as_array()
+            .and_then(|claims| claims.iter().find(|c| c["metadata"]["name"] == volume_name));
+        match text(workload, "/kind") {
+            "Deployment" => {
+                let volume = volume.unwrap_or_else(|| panic!("{root}: no volume {volume_name}"));
+                assert!(claim.is_none());
+                let empty_dir = &volume["emptyDir"];
+                assert!(
+                    empty_dir.is_object(),
+                    "{root}: the queue is an emptyDir, kept across container restarts: {volume}"
+                );
+                assert_eq!(
+                    empty_dir["medium"].as_str().unwrap_or(""),
+                    "",
+                    "{root}: on the node's disk, not in the memory limit"
+                );
+                let size_limit = bytes(text(empty_dir, "/sizeLimit"));
+                assert!(
+                    size_limit >= needed,
+                    "{root}: emptyDir sizeLimit {size_limit} must cover max_bytes {max_bytes} and what may pass it ({needed})"
+                );
+                // The scheduler counts requests, not sizeLimits.
+                let request = bytes(text(c, "/resources/requests/ephemeral-storage"));
+                assert!(
+                    request >= size_limit,
+                    "{root}: ephemeral-storage request {request} below the queue's sizeLimit {size_limit}"
+                );
+            }
+            "StatefulSet" => {
+                assert!(
+                    volume.is_none(),
+                    "{root}: {volume_name} comes from the claim template, not a pod volume"
+                );
+                let claim =
+                    claim.unwrap_or_else(|| panic!("{root}: no volumeClaimTemplate {volume_name}"));
+                assert_eq!(claim["spec"]["accessModes"], json!(["ReadWriteOnce"]));
+                let size = bytes(text(claim, "/spec/resources/requests/storage"));
+                assert!(
+                    size >= needed,
+                    "{root}: claim of {size} bytes for max_bytes {max_bytes} and what may pass it ({needed})"
+                );
+                // What a peer could not deliver by the deadline stays for its ordinal.
+                let retention = &workload["spec"]["persistentVolumeClaimRetentionPolicy"];
+                assert_eq!(retention["whenScaled"], "Retain", "{root}");
+                assert_eq!(retention["whenDeleted"], "Retain", "{root}");
+                assert!(
+                    c["resources"]["requests"]["ephemeral-storage"].is_null(),
+                    "{root}: the queue is not on the node's ephemeral storage"
+                );
+            }
+            other => panic!("{root}: the pods run under a {other}"),
+        }
+        // A PersistentVolume's root is root's 0755 unless the pod's group owns it.
+        let security = &pod["securityContext"];
+        assert_eq!(
+            security["fsGroup"], security["runAsGroup"],
+            "{root}: the queue volume belongs to the group satmesh runs as"
+        );
+    }
+}
+
+/// overlays/statefulset is the base with its Deployment made a StatefulSet: the same pod
+/// but for the queue volume, which each peer gets from a claim of its own.
+#[test]
+fn statefulset_overlay_runs_the_base_pod_with_a_claim_per_peer() {
+    let root = "overlays/statefulset";
+    assert!(
+        all_of(root, "Deployment").is_empty(),
+        "{root}: the StatefulSet replaces the Deployment"
+    );
+    assert!(
+        all_of(root, "HorizontalPodAutoscaler").is_empty()
+            && all_of(root, "ScaledObject").is_empty(),
+        "{root}: no autoscaler (overlays/hpa and overlays/keda aim at the Deployment)"
+    );
+    let set = one_of(root, "StatefulSet");
+    let base = deployment("base");
+    let claims: Vec<&str> = set["spec"]["volumeClaimTemplates"]
+        .as_array()
+        .expect("volumeClaimTemplates")
+        .iter()
+        .map(|c| text(c, "/metadata/name"))
+        .collect();
+    assert!(!claims.is_empty());
+    let mut expected = base["spec"]["template"].clone();
+    expected["spec"]["volumes"]
+        .as_array_mut()
+        .expect("volumes")
+        .retain(|v| !claims.contains(&text(v, "/name")));
+    expected["spec"]["containers"][0]["resources"]["requests"]
+        .as_object_mut()
+        .expect("requests")
+        .remove("ephemeral-storage");
+    assert_eq!(
+        set["spec"]["template"], expected,
+        "{root}: the pod template is the base Deployment's, the queue on a claim"
+    );
+    for field in ["replicas", "selector", "revisionHistoryLimit"] {
+        assert_eq!(set["spec"][field], base["spec"][field], "{root}: {field}");
+    }
+    assert_eq!(set["metadata"]["name"], base["metadata"]["name"]);
+    let headless = all_of(root, "Service")
+        .into_iter()
+        .find(|s| s["spec"]["clusterIP"] == "None")
+        .expect("gossip Service");
+    assert_eq!(
+        set["spec"]["serviceName"], headless["metadata"]["name"],
+        "{root}: the pods' names resolve through the headless gossip Service"
+    );
+    assert_eq!(
+        set["spec"]["podManagementPolicy"], "Parallel",
+        "{root}: a peer is ready only with an OAP; peers must not wait for each other"
+    );
+}
+
 /// upstream.kubernetes needs list + watch on EndpointSlices in `namespace` (the OAP's) for
 /// the pods' service account.
 fn assert_can_watch_endpointslices(root: &str, namespace: &str) {
-    let account = text(deployment(root), "/spec/template/spec/serviceAccountName");
-    let own_namespace = text(deployment(root), "/metadata/namespace");
+    let account = text(workload(root), "/spec/template/spec/serviceAccountName");
+    let own_namespace = text(workload(root), "/metadata/namespace");
     assert!(
         all_of(root, "ServiceAccount")
             .iter()
@@ -678,7 +856,7 @@ fn pod_monitor_component_scrapes_the_admin_port() {
     assert_eq!(monitor["apiVersion"], "monitoring.coreos.com/v1");
     assert_eq!(
         monitor["metadata"]["namespace"],
-        deployment("base")["metadata"]["namespace"]
+        workload("base")["metadata"]["namespace"]
     );
     assert!(selects(
         &monitor["spec"]["selector"]["matchLabels"],
@@ -686,7 +864,7 @@ fn pod_monitor_component_scrapes_the_admin_port() {
     ));
     let endpoint = &monitor["spec"]["podMetricsEndpoints"][0];
     assert_eq!(container_port("base", text(endpoint, "/port")).1, "TCP");
-    let annotations = &deployment("base")["spec"]["template"]["metadata"]["annotations"];
+    let annotations = &workload("base")["spec"]["template"]["metadata"]["annotations"];
     assert_eq!(endpoint["path"], annotations["prometheus.io/path"]);
 }
 
@@ -767,7 +945,7 @@ fn dockerfile_agrees_with_the_manifests() {
     exposed.sort();
     opened.sort();
     assert_eq!(exposed, opened);
-    let pod_security = &deployment("base")["spec"]["template"]["spec"]["securityContext"];
+    let pod_security = &workload("base")["spec"]["template"]["spec"]["securityContext"];
     let user = format!(
         "{}:{}",
         number(pod_security, "/runAsUser"),
