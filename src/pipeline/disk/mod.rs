@@ -159,6 +159,7 @@ struct Shared {
     written: Notify,
     /// Closed, and the writer has written all it was given.
     drained: AtomicBool,
+    inbox: Mutex<Inbox>,
     /// Events pushed, or read back from the last run's segments, and not released.
     queued: AtomicU64,
     settings: DiskSettings,
@@ -168,11 +169,16 @@ impl Shared {
     fn index(&self) -> MutexGuard<'_, Index> {
         self.index.lock().unwrap_or_else(|e| e.into_inner())
     }
+
+    fn inbox(&self) -> MutexGuard<'_, Inbox> {
+        self.inbox.lock().unwrap_or_else(|e| e.into_inner())
+    }
 }
 
-/// Messages to the writer thread, in the order they must take effect.
+/// Messages to the writer thread. Records do not come this way (see [`Inbox`]).
 enum ToWriter {
-    Record(u64, Event),
+    /// The inbox got its first record since the writer last emptied it.
+    Wake,
     /// Records acknowledged by an OAP (or given up on as rejected).
     Acked(Vec<u64>),
     /// The reader finished a segment: it may be deletable now.
@@ -183,16 +189,19 @@ enum ToWriter {
     Stop,
 }
 
-/// The order pushes reach the writer in: numbers are given out under the lock that
-/// sends, so records are written in number order.
-struct Intake {
+/// Records pushed and not yet taken by the writer. Numbers are given out under its lock,
+/// so records are written in number order. A push wakes the writer only when the inbox
+/// was empty (the writer empties it each turn): at a high rate the writer takes hundreds
+/// of records per wake-up instead of being woken for each.
+struct Inbox {
     next_seq: u64,
-    tx: Option<std::sync::mpsc::Sender<ToWriter>>,
+    records: Vec<(u64, Event)>,
+    /// False once the queue is closed: pushes fail.
+    open: bool,
 }
 
 pub struct DiskQueue {
     shared: Arc<Shared>,
-    intake: Mutex<Intake>,
     /// Acknowledgements and control messages (never closed before `finish`).
     control: std::sync::mpsc::Sender<ToWriter>,
     /// Bytes handed to the writer, not written yet.
@@ -226,6 +235,11 @@ impl DiskQueue {
             stats,
             written: Notify::new(),
             drained: AtomicBool::new(false),
+            inbox: Mutex::new(Inbox {
+                next_seq: recovered.next_seq,
+                records: Vec::new(),
+                open: true,
+            }),
             queued: AtomicU64::new(0),
             settings,
         });
@@ -262,10 +276,6 @@ impl DiskQueue {
         }));
         Ok(DiskQueue {
             shared,
-            intake: Mutex::new(Intake {
-                next_seq: recovered.next_seq,
-                tx: Some(tx.clone()),
-            }),
             control: tx,
             intake_room,
             settled,
@@ -282,10 +292,6 @@ impl DiskQueue {
         self.shared.stats.clone()
     }
 
-    fn intake(&self) -> MutexGuard<'_, Intake> {
-        self.intake.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
     /// Room an event takes in the writer's intake.
     fn intake_cost(event: &Event) -> u32 {
         event.payload.len().clamp(1, INTAKE_BYTES) as u32
@@ -299,14 +305,21 @@ impl DiskQueue {
             .min(u32::MAX as usize) as u32
     }
 
-    /// Numbers the event and hands it to the writer (its intake room already taken).
-    fn send(&self, event: Event) -> Result<u64, QueueClosed> {
-        let mut intake = self.intake();
-        let seq = intake.next_seq;
-        let tx = intake.tx.as_ref().ok_or(QueueClosed)?;
-        tx.send(ToWriter::Record(seq, event))
-            .map_err(|_| QueueClosed)?;
-        intake.next_seq += 1;
+    /// Numbers the event and puts it in the writer's inbox (its intake room already
+    /// taken); gives it back once the queue is closed.
+    fn send(&self, event: Event) -> Result<u64, Event> {
+        let mut inbox = self.shared.inbox();
+        if !inbox.open {
+            return Err(event);
+        }
+        let seq = inbox.next_seq;
+        inbox.next_seq += 1;
+        inbox.records.push((seq, event));
+        let wake = inbox.records.len() == 1;
+        drop(inbox);
+        if wake {
+            let _ = self.control.send(ToWriter::Wake);
+        }
         self.shared.queued.fetch_add(1, Ordering::Relaxed);
         Ok(seq)
     }
@@ -322,7 +335,7 @@ impl EventQueue for DiskQueue {
                 .map_err(|_| QueueClosed)?;
             // The writer gives the room back once the record is written.
             room.forget();
-            self.send(event)
+            self.send(event).map_err(|_| QueueClosed)
         })
     }
 
@@ -332,20 +345,7 @@ impl EventQueue for DiskQueue {
         };
         room.forget();
         // Closed: the caller's `push` reports it.
-        let mut intake = self.intake();
-        let Some(tx) = intake.tx.as_ref() else {
-            return Err(event);
-        };
-        let seq = intake.next_seq;
-        match tx.send(ToWriter::Record(seq, event)) {
-            Ok(()) => {
-                intake.next_seq += 1;
-                self.shared.queued.fetch_add(1, Ordering::Relaxed);
-                Ok(seq)
-            }
-            Err(std::sync::mpsc::SendError(ToWriter::Record(_, event))) => Err(event),
-            Err(_) => unreachable!("a record was sent"),
-        }
+        self.send(event)
     }
 
     fn settle(&self, upto: u64) -> Option<BoxFuture<'_, Result<(), QueueClosed>>> {
@@ -403,11 +403,12 @@ impl EventQueue for DiskQueue {
     fn close(&self) {
         // Pushes fail from now on; the writer writes what it was given, then the reader
         // ends the senders' stream once it has read everything.
-        let mut intake = self.intake();
-        if intake.tx.take().is_some() {
+        let mut inbox = self.shared.inbox();
+        let was_open = std::mem::replace(&mut inbox.open, false);
+        drop(inbox);
+        if was_open {
             let _ = self.control.send(ToWriter::Closed);
         }
-        drop(intake);
         self.intake_room.close();
     }
 

@@ -122,11 +122,12 @@ impl Writer {
                 Err(RecvTimeoutError::Disconnected) => self.stopping = true,
             }
             // Everything else that arrived meanwhile joins this turn (group commit).
-            while self.pending.len() < MAX_PENDING {
-                match self.rx.try_recv() {
-                    Ok(message) => self.take(message),
-                    Err(_) => break,
-                }
+            while let Ok(message) = self.rx.try_recv() {
+                self.take(message);
+            }
+            if self.pending.len() < MAX_PENDING {
+                let records = std::mem::take(&mut self.shared.inbox().records);
+                self.pending.extend(records);
             }
             self.write_pending();
             self.sync_if_due(false);
@@ -156,7 +157,7 @@ impl Writer {
 
     fn take(&mut self, message: ToWriter) {
         match message {
-            ToWriter::Record(seq, event) => self.pending.push_back((seq, event)),
+            ToWriter::Wake => {}
             ToWriter::Acked(seqs) => self.acknowledge(&seqs),
             ToWriter::ReadDone => {}
             ToWriter::Closed => self.closed = true,
