@@ -270,8 +270,17 @@ async fn scale_out(dial: Dial) -> String {
         "peers shed again after the tier settled"
     );
     let min_moves = count as f64 - mean.ceil();
+    // First-address dialling puts a shed agent where it is wanted: at most twice the
+    // minimum. Behind a virtual IP it lands on a random peer (a third of the time the one
+    // it left, a third of the time the other busy one, which may then shed it again), so
+    // the count is random: 46 moves for a minimum of 20 were seen once in 13 loaded runs.
+    // Oscillation is what this guards against, and the settling check above catches it.
+    let bound = match dial {
+        Dial::Name => 2.0,
+        Dial::VirtualIp => 3.0,
+    };
     assert!(
-        moves <= 2.0 * min_moves,
+        moves <= bound * min_moves,
         "{moves} moves, minimum {min_moves}"
     );
     let returned = sum(&peers, "satmesh_connections_returned_total").await;
