@@ -264,8 +264,9 @@ impl Delivery {
             return;
         }
         if reason == DROP_SHUTDOWN && self.queue.abandon(events) {
-            // The disk queue keeps them: sent again at the next start, not lost.
-            warn!(
+            // The disk queue keeps them: sent again at the next start, not lost (the
+            // queue logs what it keeps when it stops).
+            tracing::debug!(
                 path = protocol::method(method).path,
                 events = events.len(),
                 "undelivered at the shutdown deadline, kept on disk"

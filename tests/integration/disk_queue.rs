@@ -514,3 +514,38 @@ async fn real_agents_and_a_fleet_lose_nothing_acknowledged_to_a_sigkill_with_the
 async fn real_agents_and_a_fleet_lose_nothing_acknowledged_to_a_sigkill_mid_flow() {
     real_agents_through_a_sigkill(false).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_with_the_oap_down_keeps_the_queue_on_disk_for_the_next_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let sink = sink(&[]).await;
+    sink.set_faults(json!({"refuse": true})).await;
+    let mut envs = disk_env(dir.path());
+    envs.extend([
+        ("SATMESH__SHUTDOWN__DEADLINE", "2s".to_owned()),
+        ("SATMESH__SHUTDOWN__CONNECTION_GRACE", "1s".to_owned()),
+        ("SATMESH__SHUTDOWN__DRAIN_WINDOW", "200ms".to_owned()),
+    ]);
+    let mut first = peer(sink.grpc, &envs).await;
+    let client = Client::connect(first.grpc).await;
+    let acknowledged = send(&client, "term", 20, 25).await;
+    // The deadline passes with every message undelivered: none is dropped, all stay.
+    assert!(first.terminate(Duration::from_secs(20)).await.success());
+    assert_eq!(method_count(&sink.counts().await, SEGMENTS, "messages"), 0);
+
+    sink.set_faults(json!({})).await;
+    let second = peer(sink.grpc, &envs).await;
+    assert_all_arrived(&sink, SEGMENTS, &acknowledged, Duration::from_secs(20)).await;
+    assert_eq!(
+        second
+            .metric(
+                "satmesh_messages_dropped_total{protocol=\"trace\",reason=\"shutdown_deadline\"}"
+            )
+            .await,
+        0.0
+    );
+    assert_eq!(
+        second.metric("satmesh_disk_records_replayed_total").await,
+        acknowledged.len() as f64
+    );
+}

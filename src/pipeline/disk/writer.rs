@@ -479,11 +479,17 @@ impl Writer {
         self.sync_if_due(true);
         // Records of the last run not read back yet are not counted anywhere: say what
         // is left in segments and bytes, which covers them.
-        let segments = self.shared.index().segments.len();
+        let (segments, left) = {
+            let index = self.shared.index();
+            let left = index
+                .segments
+                .iter()
+                .any(|s| s.emitted > s.released || (s.sealed && !s.read_done));
+            (index.segments.len(), left)
+        };
         let bytes = self.shared.stats.used_bytes.load(Ordering::Relaxed);
-        let unacknowledged = self.shared.queued.load(Ordering::Relaxed);
-        if unacknowledged > 0 || segments > 1 {
-            info!(segments, bytes, read_and_unacknowledged = unacknowledged, dir = %self.shared.settings.dir.display(), "records not yet acknowledged stay on disk and are sent again at the next start");
+        if left {
+            info!(segments, bytes, dir = %self.shared.settings.dir.display(), "records not yet acknowledged stay on disk and are sent again at the next start");
         }
     }
 }
