@@ -307,6 +307,7 @@ impl DiskQueue {
 
     /// Numbers the event and puts it in the writer's inbox (its intake room already
     /// taken); gives it back once the queue is closed.
+    #[allow(clippy::result_large_err)] // as `try_push`: the event goes back whole
     fn send(&self, event: Event) -> Result<u64, Event> {
         let mut inbox = self.shared.inbox();
         if !inbox.open {
