@@ -16,6 +16,9 @@ use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
+/// How long one address gets to accept the TCP connection.
+const CONNECT: Duration = Duration::from_secs(2);
+
 /// A stream that first yields bytes already read from it.
 pub struct Rewind {
     prefix: Bytes,
@@ -63,10 +66,15 @@ pub async fn first_accepting(
 ) -> io::Result<TokioIo<Rewind>> {
     let mut last = io::Error::new(io::ErrorKind::NotConnected, "no address to dial");
     for addr in addrs {
-        let mut stream = match TcpStream::connect(addr).await {
-            Ok(s) => s,
-            Err(e) => {
+        // Bounded: a SYN the server's kernel dropped is retried for up to two minutes.
+        let mut stream = match tokio::time::timeout(CONNECT, TcpStream::connect(addr)).await {
+            Ok(Ok(s)) => s,
+            Ok(Err(e)) => {
                 last = e;
+                continue;
+            }
+            Err(_) => {
+                last = io::Error::new(io::ErrorKind::TimedOut, format!("{addr} did not accept"));
                 continue;
             }
         };
