@@ -429,8 +429,25 @@ async fn weighted_routing_follows_the_weights_and_round_robin_spreads() {
         tokio::time::sleep(Duration::from_millis(30)).await;
     }
     let all = |c: &serde_json::Value| method_count(c, KEEPALIVE, "messages");
-    let h = wait_for(&heavy, Duration::from_secs(5), |_| true).await;
-    let l = wait_for(&light, Duration::from_secs(5), |c| all(&h) + all(c) == 40).await;
+    let segs = |c: &serde_json::Value| method_count(c, SEGMENTS, "messages");
+    // Both sinks read together until every message of both paths is in: a snapshot of
+    // one taken before the other's last arrival would miss a batch still on its way.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let (h, l) = loop {
+        let (h, l) = (heavy.counts().await, light.counts().await);
+        if all(&h) + all(&l) >= 40 && segs(&h) + segs(&l) >= 40 {
+            break (h, l);
+        }
+        assert!(
+            Instant::now() < deadline,
+            "not all arrived: keepAlive {}+{}, segments {}+{}",
+            all(&h),
+            all(&l),
+            segs(&h),
+            segs(&l)
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
     assert_eq!(all(&h) + all(&l), 40);
     assert_eq!((all(&h), all(&l)), (30, 10), "3:1 weights");
     let (rh, rl) = (
