@@ -137,7 +137,9 @@ async fn start_agent(
     let (segments, logs) = (SEGMENTS.to_string(), (SEGMENTS / 2).to_string());
     cmd.args(["--service", "shed", "--instance", &instance])
         .args(["--segments", &segments, "--logs", &logs, "--meters", "5"])
-        .args(["--rate-per-sec", RATE, "--timeout-secs", "40"]);
+        // The Rust agent's flush at exit waits for its client-streams, which it holds
+        // open ~30 s after their last item: 40 s was overrun once on a loaded machine.
+        .args(["--rate-per-sec", RATE, "--timeout-secs", "90"]);
     if let Some(hosts) = hosts {
         cmd = with_hosts(&cmd, hosts);
     }
