@@ -86,6 +86,37 @@ pub trait EventQueue: Send + Sync + 'static {
     }
 }
 
+/// `EventQueue::pop` over the channel a queue hands its events out on: waits for one,
+/// then takes up to `max` in all without waiting; false once it is closed and empty.
+pub(super) async fn pop_channel(
+    rx: &async_channel::Receiver<Event>,
+    max: usize,
+    out: &mut Vec<Event>,
+) -> bool {
+    match rx.recv().await {
+        Ok(first) => {
+            out.push(first);
+            try_pop_channel(rx, max.saturating_sub(1), out);
+            true
+        }
+        Err(_) => false,
+    }
+}
+
+/// `EventQueue::try_pop` over such a channel.
+pub(super) fn try_pop_channel(
+    rx: &async_channel::Receiver<Event>,
+    max: usize,
+    out: &mut Vec<Event>,
+) {
+    for _ in 0..max {
+        match rx.try_recv() {
+            Ok(event) => out.push(event),
+            Err(_) => break,
+        }
+    }
+}
+
 /// A bounded in-memory queue: FIFO, many producers, many consumers.
 pub struct MemoryQueue {
     tx: async_channel::Sender<Event>,
@@ -156,25 +187,11 @@ impl EventQueue for MemoryQueue {
     }
 
     fn pop<'a>(&'a self, max: usize, out: &'a mut Vec<Event>) -> BoxFuture<'a, bool> {
-        Box::pin(async move {
-            match self.rx.recv().await {
-                Ok(first) => {
-                    out.push(first);
-                    self.try_pop(max.saturating_sub(1), out);
-                    true
-                }
-                Err(_) => false,
-            }
-        })
+        Box::pin(pop_channel(&self.rx, max, out))
     }
 
     fn try_pop(&self, max: usize, out: &mut Vec<Event>) {
-        for _ in 0..max {
-            match self.rx.try_recv() {
-                Ok(event) => out.push(event),
-                Err(_) => break,
-            }
-        }
+        try_pop_channel(&self.rx, max, out);
     }
 
     fn release(&self, events: &[Event]) {

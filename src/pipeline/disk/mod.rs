@@ -43,7 +43,7 @@ use tokio::sync::{Notify, Semaphore, watch};
 use tokio_util::sync::CancellationToken;
 
 use super::Event;
-use super::queue::{BoxFuture, Depth, EventQueue, QueueClosed};
+use super::queue::{BoxFuture, Depth, EventQueue, QueueClosed, pop_channel, try_pop_channel};
 use crate::protocol::MethodId;
 
 pub use recover::OpenError;
@@ -95,6 +95,15 @@ pub struct DiskStats {
     pub replayed: AtomicU64,
 }
 
+impl DiskStats {
+    /// `bytes` more were written to the queue's files (and occupy them).
+    fn wrote(&self, bytes: usize) {
+        self.used_bytes.fetch_add(bytes as u64, Ordering::Relaxed);
+        self.bytes_written
+            .fetch_add(bytes as u64, Ordering::Relaxed);
+    }
+}
+
 /// One segment as the writer and the reader share it.
 #[derive(Debug)]
 struct Seg {
@@ -128,6 +137,15 @@ impl Index {
     fn find_mut(&mut self, seq: u64) -> Option<&mut Seg> {
         let i = self.segments.partition_point(|s| s.first_seq <= seq);
         self.segments.get_mut(i.checked_sub(1)?)
+    }
+
+    /// The segment that starts at `first_seq`, if it is still there.
+    fn segment_mut(&mut self, first_seq: u64) -> Option<&mut Seg> {
+        let i = self
+            .segments
+            .binary_search_by_key(&first_seq, |s| s.first_seq)
+            .ok()?;
+        self.segments.get_mut(i)
     }
 }
 
@@ -364,25 +382,11 @@ impl EventQueue for DiskQueue {
     }
 
     fn pop<'a>(&'a self, max: usize, out: &'a mut Vec<Event>) -> BoxFuture<'a, bool> {
-        Box::pin(async move {
-            match self.out.recv().await {
-                Ok(first) => {
-                    out.push(first);
-                    self.try_pop(max.saturating_sub(1), out);
-                    true
-                }
-                Err(_) => false,
-            }
-        })
+        Box::pin(pop_channel(&self.out, max, out))
     }
 
     fn try_pop(&self, max: usize, out: &mut Vec<Event>) {
-        for _ in 0..max {
-            match self.out.try_recv() {
-                Ok(event) => out.push(event),
-                Err(_) => break,
-            }
-        }
+        try_pop_channel(&self.out, max, out);
     }
 
     fn release(&self, events: &[Event]) {

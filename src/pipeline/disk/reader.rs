@@ -268,13 +268,7 @@ impl Reader {
             return true;
         }
         let replayed = events.iter().filter(|e| e.seq < self.replay_below).count() as u64;
-        if let Some(seg) = self
-            .shared
-            .index()
-            .segments
-            .iter_mut()
-            .find(|s| s.first_seq == first_seq)
-        {
+        if let Some(seg) = self.shared.index().segment_mut(first_seq) {
             seg.emitted += events.len() as u64;
         }
         let stats = &self.shared.stats;
@@ -311,13 +305,7 @@ impl Reader {
     }
 
     fn mark_done(&self, first_seq: u64) {
-        if let Some(seg) = self
-            .shared
-            .index()
-            .segments
-            .iter_mut()
-            .find(|s| s.first_seq == first_seq)
-        {
+        if let Some(seg) = self.shared.index().segment_mut(first_seq) {
             seg.read_done = true;
         }
         let _ = self.done.send(ToWriter::ReadDone);

@@ -240,25 +240,14 @@ impl Writer {
             }
             active.len += self.buf.len() as u64;
             let stats = &self.shared.stats;
-            stats
-                .used_bytes
-                .fetch_add(self.buf.len() as u64, Ordering::Relaxed);
-            stats
-                .bytes_written
-                .fetch_add(self.buf.len() as u64, Ordering::Relaxed);
+            stats.wrote(self.buf.len());
             if sync {
                 stats.fsyncs.fetch_add(1, Ordering::Relaxed);
             } else {
                 self.data_dirty = true;
             }
             let (first_seq, len) = (active.first_seq, active.len);
-            if let Some(seg) = self
-                .shared
-                .index()
-                .segments
-                .iter_mut()
-                .find(|s| s.first_seq == first_seq)
-            {
+            if let Some(seg) = self.shared.index().segment_mut(first_seq) {
                 seg.written = len;
             }
             self.pending.drain(..n);
@@ -302,19 +291,11 @@ impl Writer {
         let _ = std::fs::remove_file(segment::ack_path(&dir, first_seq));
         let stats = &self.shared.stats;
         stats.fsyncs.fetch_add(2, Ordering::Relaxed);
-        stats
-            .used_bytes
-            .fetch_add(header.len() as u64, Ordering::Relaxed);
-        stats
-            .bytes_written
-            .fetch_add(header.len() as u64, Ordering::Relaxed);
+        stats.wrote(header.len());
         {
             let mut index = self.shared.index();
             if let Some(old) = &self.active
-                && let Some(seg) = index
-                    .segments
-                    .iter_mut()
-                    .find(|s| s.first_seq == old.first_seq)
+                && let Some(seg) = index.segment_mut(old.first_seq)
             {
                 seg.sealed = true;
             }
@@ -397,12 +378,7 @@ impl Writer {
                 Ok(()) => {
                     *len += bytes.len() as u64;
                     let stats = &self.shared.stats;
-                    stats
-                        .used_bytes
-                        .fetch_add(bytes.len() as u64, Ordering::Relaxed);
-                    stats
-                        .bytes_written
-                        .fetch_add(bytes.len() as u64, Ordering::Relaxed);
+                    stats.wrote(bytes.len());
                     self.acks_dirty = true;
                 }
                 Err(err) => {
