@@ -19,25 +19,6 @@ fn segments(instance: &str, n: usize) -> Vec<Bytes> {
     (0..n).map(|i| segment("svc", instance, i, 200)).collect()
 }
 
-/// Sends `calls` client-streams of `per_call` segments; every call must be answered OK.
-async fn send_segments(
-    client: &Client,
-    instance: &str,
-    calls: usize,
-    per_call: usize,
-) -> Vec<Bytes> {
-    let mut all = Vec::new();
-    for c in 0..calls {
-        let batch = segments(&format!("{instance}-{c}"), per_call);
-        client
-            .stream(SEGMENTS, batch.clone(), md(&[]))
-            .await
-            .expect("agent call answered OK");
-        all.extend(batch);
-    }
-    all
-}
-
 /// `satmesh_upstream_failures_total` of the peer's only OAP node: connection attempts that
 /// did not end in a completed HTTP/2 handshake, plus failed calls.
 async fn upstream_failures(peer: &Proc, oap: std::net::SocketAddr) -> f64 {

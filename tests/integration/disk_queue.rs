@@ -3,6 +3,7 @@
 //! satmesh on the same directory exits 2 naming it; a memory-queue peer delivers what a
 //! disk-queue run left. Counted at the sink, bytes compared.
 
+use std::collections::HashMap;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -30,29 +31,56 @@ async fn peer(oap: std::net::SocketAddr, envs: &[(&'static str, String)]) -> Pro
     satmesh_env(&[oap], "upstream:\n  backoff_max: 200ms\n", &envs).await
 }
 
-/// Sends `calls` client-streams of `per_call` segments from instance `tag-N`; returns
-/// what was answered OK.
-async fn send(client: &Client, tag: &str, calls: usize, per_call: usize) -> Vec<Bytes> {
-    let mut acknowledged = Vec::new();
-    for c in 0..calls {
-        let batch: Vec<Bytes> = (0..per_call)
-            .map(|i| segment("svc", &format!("{tag}-{c}"), i, 200))
-            .collect();
-        client
-            .stream(SEGMENTS, batch.clone(), md(&[]))
-            .await
-            .expect("agent call answered OK");
-        acknowledged.extend(batch);
-    }
-    acknowledged
-}
-
 async fn kill9(p: &mut Proc) {
     p.child.start_kill().expect("SIGKILL");
     tokio::time::timeout(Duration::from_secs(10), p.child.wait())
         .await
         .expect("killed in time")
         .expect("wait");
+}
+
+/// `callers` synthetic agents on `client`'s connection, reporting at once: caller `n`
+/// sends `calls` client-streams of `per_call` segments (`pad` bytes of padding) of
+/// `service`, each call from an instance of its own, `{tag}-{n}-{call}`, and stops at the
+/// first call not answered OK. Each task returns the instances it was told OK about.
+fn callers(
+    client: &Client,
+    service: &'static str,
+    tag: &str,
+    callers: usize,
+    (calls, per_call, pad): (usize, usize, usize),
+) -> Vec<tokio::task::JoinHandle<Vec<String>>> {
+    (0..callers)
+        .map(|n| {
+            let (client, tag) = (client.clone(), format!("{tag}-{n}"));
+            tokio::spawn(async move {
+                let mut acknowledged = Vec::new();
+                for c in 0..calls {
+                    let instance = format!("{tag}-{c}");
+                    let batch: Vec<Bytes> = (0..per_call)
+                        .map(|i| segment(service, &instance, i, pad))
+                        .collect();
+                    match client.stream(SEGMENTS, batch, md(&[])).await {
+                        Ok(_) => acknowledged.push(instance),
+                        Err(_) => break,
+                    }
+                }
+                acknowledged
+            })
+        })
+        .collect()
+}
+
+/// Messages of `signal` (`segments`, `logs`, `meters`) in the sink's `counts`, by
+/// service instance.
+fn by_instance(counts: &serde_json::Value, signal: &str) -> HashMap<String, u64> {
+    let mut arrived = HashMap::new();
+    for e in counts[signal].as_array().into_iter().flatten() {
+        if let (Some(instance), Some(n)) = (e["instance"].as_str(), e["messages"].as_u64()) {
+            *arrived.entry(instance.to_owned()).or_default() += n;
+        }
+    }
+    arrived
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -62,7 +90,7 @@ async fn what_was_acknowledged_with_the_oap_down_survives_sigkill() {
     sink.set_faults(json!({"refuse": true})).await;
     let mut first = peer(sink.grpc, &disk_env(dir.path())).await;
     let client = Client::connect(first.grpc).await;
-    let acknowledged = send(&client, "down", 40, 25).await;
+    let acknowledged = send_segments(&client, "down", 40, 25).await;
     kill9(&mut first).await;
     assert_eq!(method_count(&sink.counts().await, SEGMENTS, "messages"), 0);
 
@@ -91,24 +119,7 @@ async fn a_sigkill_in_the_middle_of_live_flow_loses_nothing_acknowledged() {
         let client = Client::connect(first.grpc).await;
         // Four agents report at once, each call from an instance of its own; the kill
         // comes while their calls are in flight.
-        let agents: Vec<_> = (0..4)
-            .map(|a| {
-                let client = client.clone();
-                tokio::spawn(async move {
-                    let mut acknowledged = Vec::new();
-                    for c in 0..2000 {
-                        let instance = format!("live-{a}-{c}");
-                        let batch: Vec<Bytes> =
-                            (0..10).map(|i| segment("svc", &instance, i, 200)).collect();
-                        match client.stream(SEGMENTS, batch, md(&[])).await {
-                            Ok(_) => acknowledged.push(instance),
-                            Err(_) => break,
-                        }
-                    }
-                    acknowledged
-                })
-            })
-            .collect();
+        let agents = callers(&client, "svc", "live", 4, (2000, 10, 200));
         let deadline = Instant::now() + Duration::from_secs(20);
         while method_count(&sink.counts().await, SEGMENTS, "messages") < 2000 {
             assert!(
@@ -132,16 +143,10 @@ async fn a_sigkill_in_the_middle_of_live_flow_loses_nothing_acknowledged() {
         // from batches the OAP took whose acknowledgement the kill cut off).
         let deadline = Instant::now() + Duration::from_secs(30);
         let missing = loop {
-            let c = sink.counts().await;
-            let arrived: std::collections::HashMap<&str, u64> = c["segments"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .filter_map(|e| Some((e["instance"].as_str()?, e["messages"].as_u64()?)))
-                .collect();
+            let arrived = by_instance(&sink.counts().await, "segments");
             let missing: Vec<&String> = acknowledged
                 .iter()
-                .filter(|i| arrived.get(i.as_str()).copied().unwrap_or(0) < 10)
+                .filter(|i| arrived.get(*i).copied().unwrap_or(0) < 10)
                 .collect();
             if missing.is_empty() || Instant::now() > deadline {
                 break missing.len();
@@ -195,7 +200,7 @@ async fn a_memory_queue_peer_delivers_what_a_disk_queue_run_left() {
     sink.set_faults(json!({"refuse": true})).await;
     let mut first = peer(sink.grpc, &disk_env(dir.path())).await;
     let client = Client::connect(first.grpc).await;
-    let left = send(&client, "left", 10, 20).await;
+    let left = send_segments(&client, "left", 10, 20).await;
     kill9(&mut first).await;
     sink.set_faults(json!({})).await;
     let memory = vec![(
@@ -204,7 +209,7 @@ async fn a_memory_queue_peer_delivers_what_a_disk_queue_run_left() {
     )];
     let second = peer(sink.grpc, &memory).await;
     let client = Client::connect(second.grpc).await;
-    let new = send(&client, "new", 5, 20).await;
+    let new = send_segments(&client, "new", 5, 20).await;
     let all: Vec<Bytes> = left.into_iter().chain(new).collect();
     assert_all_arrived(&sink, SEGMENTS, &all, Duration::from_secs(20)).await;
     // All of it acknowledged: no segment is left behind.
@@ -270,26 +275,7 @@ async fn a_full_file_system_slows_agents_and_loses_nothing() {
     let client = Client::connect(peer.grpc).await;
     // 4 agents x 200 calls x 25 segments of ~1.3 KiB: ~26 MB, more than the tmpfs holds
     // with the OAP down.
-    let agents: Vec<_> = (0..4)
-        .map(|a| {
-            let client = client.clone();
-            tokio::spawn(async move {
-                let mut acknowledged = Vec::new();
-                for c in 0..200 {
-                    let instance = format!("full-{a}-{c}");
-                    let batch: Vec<Bytes> = (0..25)
-                        .map(|i| segment("svc", &instance, i, 1200))
-                        .collect();
-                    client
-                        .stream(SEGMENTS, batch, md(&[]))
-                        .await
-                        .expect("slowed, never failed");
-                    acknowledged.push(instance);
-                }
-                acknowledged
-            })
-        })
-        .collect();
+    let agents = callers(&client, "svc", "full", 4, (200, 25, 1200));
     let deadline = Instant::now() + Duration::from_secs(60);
     while peer.metric("satmesh_disk_full").await < 1.0 {
         assert!(Instant::now() < deadline, "the file system never filled");
@@ -318,19 +304,17 @@ async fn a_full_file_system_slows_agents_and_loses_nothing() {
             .unwrap();
         acknowledged.extend(calls);
     }
-    assert_eq!(acknowledged.len(), 800);
+    assert_eq!(
+        acknowledged.len(),
+        800,
+        "every call answered OK: slowed, never failed"
+    );
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        let c = sink.counts().await;
-        let arrived: std::collections::HashMap<&str, u64> = c["segments"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter_map(|e| Some((e["instance"].as_str()?, e["messages"].as_u64()?)))
-            .collect();
+        let arrived = by_instance(&sink.counts().await, "segments");
         let missing = acknowledged
             .iter()
-            .filter(|i| arrived.get(i.as_str()).copied().unwrap_or(0) < 25)
+            .filter(|i| arrived.get(*i).copied().unwrap_or(0) < 25)
             .count();
         if missing == 0 {
             break;
@@ -391,26 +375,13 @@ async fn real_agents_through_a_sigkill(oap_down: bool) {
     // The synthetic fleet: 8 clients, a call of 10 segments each at a time.
     let fleet = |addr: std::net::SocketAddr, round: usize| async move {
         let client = Client::connect(addr).await;
-        let tasks: Vec<_> = (0..8)
-            .map(|f| {
-                let client = client.clone();
-                tokio::spawn(async move {
-                    let mut acknowledged = Vec::new();
-                    for c in 0..300 {
-                        let instance = format!("fleet-{round}-{f}-{c}");
-                        let batch: Vec<Bytes> = (0..10)
-                            .map(|i| segment("fleet", &instance, i, 300))
-                            .collect();
-                        match client.stream(SEGMENTS, batch, md(&[])).await {
-                            Ok(_) => acknowledged.push(instance),
-                            Err(_) => break,
-                        }
-                    }
-                    acknowledged
-                })
-            })
-            .collect();
-        tasks
+        callers(
+            &client,
+            "fleet",
+            &format!("fleet-{round}"),
+            8,
+            (300, 10, 300),
+        )
     };
     let before = fleet(first.grpc, 0).await;
     // Kill once the agents have been acknowledged a good part of their data.
@@ -445,14 +416,12 @@ async fn real_agents_through_a_sigkill(oap_down: bool) {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let c = sink.counts().await;
+        let arrived: HashMap<&str, HashMap<String, u64>> = ["segments", "logs", "meters"]
+            .into_iter()
+            .map(|signal| (signal, by_instance(&c, signal)))
+            .collect();
         let at = |signal: &str, instance: &str| -> u64 {
-            c[signal]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .filter(|e| e["instance"] == instance)
-                .filter_map(|e| e["messages"].as_u64())
-                .sum()
+            arrived[signal].get(instance).copied().unwrap_or(0)
         };
         let mut missing = Vec::new();
         // The Rust agent (skywalking 0.10) holds one client-stream open for ~30 s and is
@@ -528,7 +497,7 @@ async fn sigterm_with_the_oap_down_keeps_the_queue_on_disk_for_the_next_start() 
     ]);
     let mut first = peer(sink.grpc, &envs).await;
     let client = Client::connect(first.grpc).await;
-    let acknowledged = send(&client, "term", 20, 25).await;
+    let acknowledged = send_segments(&client, "term", 20, 25).await;
     // The deadline passes with every message undelivered: none is dropped, all stay.
     assert!(first.terminate(Duration::from_secs(20)).await.success());
     assert_eq!(method_count(&sink.counts().await, SEGMENTS, "messages"), 0);

@@ -15,6 +15,32 @@ pub struct Client {
     grpc: tonic::client::Grpc<Channel>,
 }
 
+/// The async trace path: client-streams of segments.
+const SEGMENTS: &str = "/skywalking.v3.TraceSegmentReportService/collect";
+
+/// Sends `calls` client-streams of `per_call` segments (200 bytes of padding) from
+/// service `svc`, instance `{instance}-{call}`; every call must be answered OK. Returns
+/// every segment sent.
+pub async fn send_segments(
+    client: &Client,
+    instance: &str,
+    calls: usize,
+    per_call: usize,
+) -> Vec<Bytes> {
+    let mut all = Vec::new();
+    for c in 0..calls {
+        let batch: Vec<Bytes> = (0..per_call)
+            .map(|i| super::messages::segment("svc", &format!("{instance}-{c}"), i, 200))
+            .collect();
+        client
+            .stream(SEGMENTS, batch.clone(), md(&[]))
+            .await
+            .expect("agent call answered OK");
+        all.extend(batch);
+    }
+    all
+}
+
 /// gRPC metadata (request headers) from `(key, value)` pairs.
 pub fn md(pairs: &[(&'static str, &str)]) -> MetadataMap {
     let mut md = MetadataMap::new();
