@@ -191,6 +191,16 @@ impl Shared {
     fn inbox(&self) -> MutexGuard<'_, Inbox> {
         self.inbox.lock().unwrap_or_else(|e| e.into_inner())
     }
+
+    /// Bytes of the memory window an event takes: the reader takes them, `release` and
+    /// `abandon` give the same back.
+    fn window_cost(&self, event: &Event) -> u32 {
+        event
+            .payload
+            .len()
+            .min(self.settings.window_bytes)
+            .min(u32::MAX as usize) as u32
+    }
 }
 
 /// Messages to the writer thread. Records do not come this way (see [`Inbox`]).
@@ -268,7 +278,6 @@ impl DiskQueue {
             shared.clone(),
             rx,
             recovered.lock,
-            recovered.next_seq,
             intake_room.clone(),
             settled_tx,
         );
@@ -313,14 +322,6 @@ impl DiskQueue {
     /// Room an event takes in the writer's intake.
     fn intake_cost(event: &Event) -> u32 {
         event.payload.len().clamp(1, INTAKE_BYTES) as u32
-    }
-
-    fn window_cost(&self, event: &Event) -> u32 {
-        event
-            .payload
-            .len()
-            .min(self.shared.settings.window_bytes)
-            .min(u32::MAX as usize) as u32
     }
 
     /// Numbers the event and puts it in the writer's inbox (its intake room already
@@ -451,7 +452,10 @@ impl EventQueue for DiskQueue {
 impl DiskQueue {
     /// Gives the memory window back for events leaving it.
     fn give_back(&self, events: &[Event]) {
-        let bytes: usize = events.iter().map(|e| self.window_cost(e) as usize).sum();
+        let bytes: usize = events
+            .iter()
+            .map(|e| self.shared.window_cost(e) as usize)
+            .sum();
         self.window_events.add_permits(events.len());
         self.window_bytes.add_permits(bytes);
         let _ = self

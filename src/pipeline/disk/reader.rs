@@ -195,7 +195,7 @@ impl Reader {
                     let skipped = p.seq.saturating_sub(c.last_seq + 1);
                     if skipped > 0 && p.seq > c.last_seq {
                         // Numbers missing between whole records: damage stepped over.
-                        self.damaged(c, skipped);
+                        self.damaged(skipped);
                     }
                     c.last_seq = c.last_seq.max(p.seq);
                     if let Some(event) = self.event(c, &bytes, p, now, now_ms) {
@@ -222,7 +222,7 @@ impl Reader {
         segment::segment_path(&self.shared.settings.dir, c.first_seq)
     }
 
-    fn damaged(&self, _c: &Cursor, records: u64) {
+    fn damaged(&self, records: u64) {
         self.shared
             .stats
             .corrupt
@@ -274,9 +274,8 @@ impl Reader {
         let stats = &self.shared.stats;
         stats.replayed.fetch_add(replayed, Ordering::Relaxed);
         self.shared.queued.fetch_add(replayed, Ordering::Relaxed);
-        let window = self.shared.settings.window_bytes;
         for event in events {
-            let cost = event.payload.len().min(window).min(u32::MAX as usize) as u32;
+            let cost = self.shared.window_cost(&event);
             let room = async {
                 let events = self.window_events.acquire().await.ok()?;
                 let bytes = self.window_bytes.acquire_many(cost).await.ok()?;
@@ -299,7 +298,7 @@ impl Reader {
     fn finish(&self, c: Cursor) {
         if !c.carry.is_empty() {
             warn!(file = %self.path(&c).display(), offset = c.carry_at, bytes = c.carry.len(), "damaged end of a queue segment skipped");
-            self.damaged(&c, 1);
+            self.damaged(1);
         }
         self.mark_done(c.first_seq);
     }

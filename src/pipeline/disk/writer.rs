@@ -80,7 +80,6 @@ impl Writer {
         shared: Arc<Shared>,
         rx: Receiver<ToWriter>,
         lock: File,
-        _next_seq: u64,
         intake_room: Arc<Semaphore>,
         settled: watch::Sender<u64>,
     ) -> Writer {
