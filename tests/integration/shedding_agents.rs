@@ -319,16 +319,6 @@ async fn scale_out(dial: Dial) -> String {
     )
 }
 
-/// Each peer's `/status` (its view of the tier and its latest decision), for a failure.
-async fn statuses(peers: &[Proc]) -> String {
-    let mut text = String::new();
-    for (i, p) in peers.iter().enumerate() {
-        let (code, body) = p.get("/status").await;
-        text.push_str(&format!("peer-{i} /status ({code}): {body}\n"));
-    }
-    text
-}
-
 /// Connections each peer serves (draining ones are on their way out).
 async fn serving(peers: &[Proc]) -> Vec<f64> {
     let mut counts = Vec::new();

@@ -119,3 +119,13 @@ impl Vip {
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
+
+/// Each peer's `/status` (its view of the tier and its latest decision), for a failure.
+pub async fn statuses(peers: &[Proc]) -> String {
+    let mut text = String::new();
+    for (i, p) in peers.iter().enumerate() {
+        let (code, body) = p.get("/status").await;
+        text.push_str(&format!("peer-{i} /status ({code}): {body}\n"));
+    }
+    text
+}

@@ -25,6 +25,13 @@ pub struct Rewind {
     inner: TcpStream,
 }
 
+impl Rewind {
+    /// The address this connection reached.
+    pub fn peer_addr(&self) -> io::Result<SocketAddr> {
+        self.inner.peer_addr()
+    }
+}
+
 impl AsyncRead for Rewind {
     fn poll_read(
         mut self: Pin<&mut Self>,

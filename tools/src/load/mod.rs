@@ -12,6 +12,7 @@
 //! - [`sink_admin`]: reads the sink's delivery latency for `satmesh bench --sink-admin`.
 //! - [`dial`]: first-address-first dialling of a multi-address target.
 //! - [`idle`]: idle agent connections, for `satmesh bench --idle N`.
+//! - `trace`: what each agent last did, for a test that finds one missing.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -28,6 +29,7 @@ pub mod latency;
 pub mod meter;
 pub mod segment;
 pub mod sink_admin;
+mod trace;
 mod workers;
 
 pub use latency::{LatencySummary, Percentiles};
@@ -121,6 +123,8 @@ pub struct Progress {
     /// Calls failed, of every kind.
     pub errors: AtomicU64,
     pub connected: AtomicU64,
+    /// What each agent (connection) last did.
+    pub agents: trace::Traces,
     /// Latency of each acknowledged keepAlive call.
     unary: Mutex<Histogram<u64>>,
     errors_by_status: Mutex<BTreeMap<String, u64>>,
@@ -135,6 +139,7 @@ impl Default for Progress {
             meters: AtomicU64::default(),
             errors: AtomicU64::default(),
             connected: AtomicU64::default(),
+            agents: trace::Traces::default(),
             unary: Mutex::new(latency::histogram()),
             errors_by_status: Mutex::default(),
         }
@@ -282,7 +287,7 @@ pub async fn run(spec: LoadSpec, progress: Arc<Progress>, stop: CancellationToke
     let mut channels = Vec::new();
     let mut pings = Vec::new();
     for c in 0..spec.connections {
-        let channel = workers::connect(&spec.targets);
+        let channel = workers::connect(&spec.targets, c, progress.clone());
         progress.connected.fetch_add(1, Ordering::Relaxed);
         let names: Vec<(String, String)> = instances_of(c, spec.connections, instances)
             .into_iter()
@@ -299,6 +304,7 @@ pub async fn run(spec: LoadSpec, progress: Arc<Progress>, stop: CancellationToke
                     live_segment_streams.clone(),
                     channel.clone(),
                     templates.clone(),
+                    c,
                     (c * spec.streams_per_connection + j) as u64,
                     j,
                 ));

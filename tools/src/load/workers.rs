@@ -83,14 +83,27 @@ impl Drop for Alive {
 
 /// One HTTP/2 connection, as one agent has; lazy, so a fleet starts without waiting.
 /// After a GOAWAY it dials again, first address first.
-pub(super) fn connect(targets: &[std::net::SocketAddr]) -> Channel {
+/// Each dial's outcome goes to agent `agent`'s trace.
+pub(super) fn connect(
+    targets: &[std::net::SocketAddr],
+    agent: usize,
+    progress: Arc<Progress>,
+) -> Channel {
     let endpoint = Endpoint::from_shared(format!("http://{}", targets[0]))
         .expect("socket address is a valid uri")
         .tcp_nodelay(true);
     let targets = targets.to_vec();
     let connector = tower::service_fn(move |_: http::Uri| {
-        let targets = targets.clone();
-        async move { super::dial::first_accepting(&targets, Duration::from_secs(1)).await }
+        let (targets, progress) = (targets.clone(), progress.clone());
+        async move {
+            let dialled = super::dial::first_accepting(&targets, Duration::from_secs(1)).await;
+            let outcome = match &dialled {
+                Ok(io) => format!("connected to {:?}", io.inner().peer_addr()),
+                Err(e) => format!("failed: {e}"),
+            };
+            progress.agents.dialled(agent, outcome);
+            dialled
+        }
     });
     endpoint.connect_with_connector_lazy(connector)
 }
@@ -120,7 +133,7 @@ async fn client_stream(
     }
 }
 
-/// Segment stream `stream` (the `local`-th of its connection): each call sends
+/// Segment stream `stream` (the `local`-th of connection `agent`): each call sends
 /// `messages_per_call` segments of one of the connection's instances (the next one at
 /// each call), each stamped with its send time as the call's body is read.
 pub(super) async fn segment_stream(
@@ -128,6 +141,7 @@ pub(super) async fn segment_stream(
     live: Arc<LiveStreams>,
     channel: Channel,
     templates: Arc<[Template]>,
+    agent: usize,
     stream: u64,
     local: usize,
 ) {
@@ -152,13 +166,15 @@ pub(super) async fn segment_stream(
         let len = templates[at].len() as u64;
         let messages = futures_util::stream::iter(0..n)
             .map(move |i| templates[at].stamp(unix_nanos(), first + i));
+        let progress = &shared.progress;
+        progress.agents.call_started(agent);
         let Some(result) = client_stream(&shared, &mut grpc, SEGMENT_PATH, messages).await else {
             return;
         };
-        let progress = &shared.progress;
         progress.calls.fetch_add(1, Ordering::Relaxed);
         match result {
             Ok(()) => {
+                progress.agents.call_ok(agent);
                 progress.messages.fetch_add(n, Ordering::Relaxed);
                 progress.bytes.fetch_add(n * len, Ordering::Relaxed);
                 shared.pause(shared.call_interval).await;
@@ -166,6 +182,7 @@ pub(super) async fn segment_stream(
             Err(status) => {
                 // Not taken: another call may send them.
                 shared.budget.fetch_add(n, Ordering::Relaxed);
+                progress.agents.call_failed(agent, &status);
                 progress.record_error(status.code());
                 shared.pause(ERROR_PAUSE).await;
             }
