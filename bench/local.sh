@@ -5,7 +5,7 @@
 # removed at exit), then `start_sink` sets SINK, SINK_GRPC, SINK_ADMIN and
 # `start_peer [VAR=value ...]` (extra environment for the peer) sets PEER, PEER_GRPC,
 # PEER_ADMIN. CONFIG=path/to/satmesh.yaml uses another config for the peer.
-cd "$(dirname "$0")/.."
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
 if [ -z "${BIN:-}" ]; then
     cargo build --release --quiet
     BIN=target/release/satmesh

@@ -105,6 +105,7 @@ pub struct DiskMetrics {
     pub bytes_limit: IntGauge,
     pub corrupt: IntCounter,
     pub replayed: IntCounter,
+    pub read_back: IntCounter,
     pub fsyncs: IntCounter,
     pub bytes_written: IntCounter,
 }
@@ -119,6 +120,7 @@ impl DiskMetrics {
         for (counter, value) in [
             (&self.corrupt, &stats.corrupt),
             (&self.replayed, &stats.replayed),
+            (&self.read_back, &stats.read_back),
             (&self.fsyncs, &stats.fsyncs),
             (&self.bytes_written, &stats.bytes_written),
         ] {
@@ -366,6 +368,11 @@ impl Metrics {
                     &r,
                     "satmesh_disk_records_replayed_total",
                     "Records left by the last run found on disk and sent again",
+                ),
+                read_back: counter(
+                    &r,
+                    "satmesh_disk_records_read_total",
+                    "Records read back from the disk queue's files to be sent; the others went from the writer straight to the senders, while the OAPs kept up",
                 ),
                 fsyncs: counter(
                     &r,

@@ -9,7 +9,9 @@
 //!   (group commit: one `fdatasync` for everything that arrived while the last one ran),
 //!   appends acknowledgements, rolls and deletes segments.
 //! - `reader.rs`: one task reads the segments back in order and hands events to the
-//!   senders, within a memory window (`pipeline.queue_events`/`queue_bytes`).
+//!   senders, within a memory window (`pipeline.queue_events`/`queue_bytes`). Once it
+//!   has caught up with the writer, the writer hands what it writes straight to the
+//!   senders instead (`Index::following`): when the OAPs keep up, nothing is read back.
 //!
 //! # What an OK means
 //! `push` hands the record to the writer; the front door answers the agent once
@@ -93,6 +95,9 @@ pub struct DiskStats {
     pub bytes_written: AtomicU64,
     /// Records found at start (in segments left by the last run) and sent again.
     pub replayed: AtomicU64,
+    /// Records read back from the files to be sent; the others went from the writer
+    /// straight to the senders (the reader was following).
+    pub read_back: AtomicU64,
 }
 
 impl DiskStats {
@@ -112,6 +117,9 @@ struct Seg {
     /// Bytes of the file (header included) that hold whole records: the reader reads up
     /// to here.
     written: u64,
+    /// Where the reader starts: the records before it were handed to the senders by the
+    /// writer itself (see [`Index::following`]).
+    read_from: ReadFrom,
     /// No more records are appended.
     sealed: bool,
     /// Method id in this file -> this version's id (None: a path it does not know).
@@ -126,10 +134,34 @@ struct Seg {
     read_done: bool,
 }
 
+/// A place in a segment's records.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct ReadFrom {
+    /// Offset in the file, at a record boundary.
+    offset: u64,
+    /// The number of the record before it (`first_seq - 1` at the first).
+    last_seq: u64,
+}
+
+impl ReadFrom {
+    /// The start of a segment's records.
+    fn start(first_seq: u64, header_len: u64) -> ReadFrom {
+        ReadFrom {
+            offset: header_len,
+            last_seq: first_seq.saturating_sub(1),
+        }
+    }
+}
+
 /// The segments in queue order.
 #[derive(Debug, Default)]
 struct Index {
     segments: Vec<Seg>,
+    /// The reader has read everything written and waits: the writer hands what it writes
+    /// next straight to the senders (the events it holds, not bytes read back), as long
+    /// as the memory window has room for them. When it has not, the writer clears this
+    /// and wakes the reader, which reads on from the segment's `read_from`.
+    following: bool,
 }
 
 impl Index {
@@ -203,6 +235,47 @@ impl Shared {
     }
 }
 
+/// Where events leave for the senders: the channel, once they have room in the memory
+/// window. The reader waits for room; the writer only takes room that is free.
+#[derive(Clone)]
+struct Outlet {
+    out: async_channel::Sender<Event>,
+    window_events: Arc<Semaphore>,
+    window_bytes: Arc<Semaphore>,
+}
+
+impl Outlet {
+    /// Sends `events` if the window has room for all of them now. False when it has not
+    /// (or the senders are gone): they are dropped here, and stay on disk to be read back.
+    fn try_send_all(&self, shared: &Shared, events: Vec<Event>) -> bool {
+        let bytes: u64 = events
+            .iter()
+            .map(|e| u64::from(shared.window_cost(e)))
+            .sum();
+        let (Ok(n), Ok(bytes)) = (u32::try_from(events.len()), u32::try_from(bytes)) else {
+            return false;
+        };
+        let Ok(room_events) = self.window_events.try_acquire_many(n) else {
+            return false;
+        };
+        let Ok(room_bytes) = self.window_bytes.try_acquire_many(bytes) else {
+            return false;
+        };
+        if self.out.is_closed() {
+            return false;
+        }
+        // `release` and `abandon` give the room back.
+        room_events.forget();
+        room_bytes.forget();
+        for event in events {
+            // Unbounded, and open as checked above. Closed since (`finish`), the event
+            // stays on disk unacknowledged and is sent at the next start.
+            let _ = self.out.try_send(event);
+        }
+        true
+    }
+}
+
 /// Messages to the writer thread. Records do not come this way (see [`Inbox`]).
 enum ToWriter {
     /// The inbox got its first record since the writer last emptied it.
@@ -259,6 +332,7 @@ impl DiskQueue {
         let shared = Arc::new(Shared {
             index: Mutex::new(Index {
                 segments: recovered.segments,
+                following: false,
             }),
             stats,
             written: Notify::new(),
@@ -274,12 +348,19 @@ impl DiskQueue {
         let (tx, rx) = std::sync::mpsc::channel();
         let intake_room = Arc::new(Semaphore::new(INTAKE_BYTES));
         let (settled_tx, settled) = watch::channel(recovered.next_seq - 1);
+        let (out_tx, out) = async_channel::unbounded();
+        let outlet = Outlet {
+            out: out_tx,
+            window_events: Arc::new(Semaphore::new(shared.settings.window_events)),
+            window_bytes: Arc::new(Semaphore::new(shared.settings.window_bytes)),
+        };
         let writer = writer::Writer::new(
             shared.clone(),
             rx,
             recovered.lock,
             intake_room.clone(),
             settled_tx,
+            outlet.clone(),
         );
         let writer = std::thread::Builder::new()
             .name("satmesh-disk-writer".into())
@@ -288,15 +369,12 @@ impl DiskQueue {
                 path: shared.settings.dir.clone(),
                 source,
             })?;
-        let (out_tx, out) = async_channel::unbounded();
-        let window_events = Arc::new(Semaphore::new(shared.settings.window_events));
-        let window_bytes = Arc::new(Semaphore::new(shared.settings.window_bytes));
+        let (window_events, window_bytes) =
+            (outlet.window_events.clone(), outlet.window_bytes.clone());
         let stop = CancellationToken::new();
         let reader = tokio::spawn(reader::run(reader::Reader {
             shared: shared.clone(),
-            out: out_tx,
-            window_events: window_events.clone(),
-            window_bytes: window_bytes.clone(),
+            outlet,
             done: tx.clone(),
             replay_below: recovered.next_seq,
             stop: stop.clone(),

@@ -3,6 +3,10 @@
 //! chunk it was read in (no copy per record). Each event takes room in the memory window
 //! first, so a slow OAP stops the reader, not memory.
 //!
+//! Once it has read everything written it *follows* the writer ([`Index::following`]):
+//! it sleeps while the writer hands what it writes straight to the senders, and is woken
+//! to read on from the segment's `read_from` when the memory window is too full for that.
+//!
 //! Records acknowledged before a restart are skipped. A damaged stretch is stepped over
 //! to the next whole record, logged with its file and offset and counted
 //! (`satmesh_disk_records_corrupt_total`, one per record number skipped); so is a record
@@ -16,13 +20,14 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::{Buf, Bytes, BytesMut};
-use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tracing::warn;
 
 use super::record::{self, Read};
 use super::segment;
-use super::{Bitset, Shared, ToWriter};
+use super::{Bitset, Outlet, Shared, ToWriter};
+#[cfg(doc)]
+use super::Index;
 use crate::pipeline::Event;
 use crate::protocol::MethodId;
 
@@ -31,9 +36,7 @@ const CHUNK: u64 = 1024 * 1024;
 
 pub(super) struct Reader {
     pub shared: Arc<Shared>,
-    pub out: async_channel::Sender<Event>,
-    pub window_events: Arc<Semaphore>,
-    pub window_bytes: Arc<Semaphore>,
+    pub outlet: Outlet,
     /// Tells the writer a segment was read whole.
     pub done: std::sync::mpsc::Sender<ToWriter>,
     /// Records below this number were left by the last run.
@@ -95,7 +98,7 @@ pub(super) async fn run(r: Reader) {
                 }
             }
             Step::End => {
-                r.out.close();
+                r.outlet.out.close();
                 return;
             }
         }
@@ -106,13 +109,19 @@ impl Reader {
     /// Looks at the first segment not read whole and decides the next step, opening it
     /// when the cursor is elsewhere.
     fn step(&self, cursor: &mut Option<Cursor>) -> Step {
-        let index = self.shared.index();
+        let mut index = self.shared.index();
+        let drained = self.shared.drained.load(Ordering::Relaxed);
+        if index.following {
+            // The writer hands out what it writes; it wakes the reader when it stops.
+            return if drained { Step::End } else { Step::Wait };
+        }
         let Some(seg) = index.segments.iter().find(|s| !s.read_done) else {
-            return if self.shared.drained.load(Ordering::Relaxed) {
-                Step::End
-            } else {
-                Step::Wait
-            };
+            if drained {
+                return Step::End;
+            }
+            // Everything written was read: the writer hands out from the next segment.
+            index.following = true;
+            return Step::Wait;
         };
         if cursor.as_ref().is_none_or(|c| c.first_seq != seg.first_seq) {
             let path = segment::segment_path(&self.shared.settings.dir, seg.first_seq);
@@ -131,24 +140,34 @@ impl Reader {
             *cursor = Some(Cursor {
                 first_seq: seg.first_seq,
                 file: Arc::new(file),
-                pos: seg.header_len,
+                pos: seg.read_from.offset,
                 carry: BytesMut::new(),
-                carry_at: seg.header_len,
+                carry_at: seg.read_from.offset,
                 methods: seg.methods.clone(),
                 acked_before: seg.acked_before.clone(),
-                last_seq: seg.first_seq.saturating_sub(1),
+                last_seq: seg.read_from.last_seq,
                 unknown_path_logged: false,
             });
         }
-        let c = cursor.as_ref().expect("opened above");
+        let c = cursor.as_mut().expect("opened above");
+        if seg.read_from.offset > c.pos {
+            // The writer handed out what follows the cursor while the reader waited (the
+            // carry was empty then: the reader follows only at a record boundary).
+            (c.pos, c.carry_at) = (seg.read_from.offset, seg.read_from.offset);
+            c.last_seq = seg.read_from.last_seq;
+        }
         if c.pos < seg.written {
             Step::Read {
                 to: seg.written.min(c.pos + CHUNK),
             }
         } else if seg.sealed {
             Step::Finished
-        } else if self.shared.drained.load(Ordering::Relaxed) && c.carry.is_empty() {
+        } else if drained && c.carry.is_empty() {
             Step::End
+        } else if c.carry.is_empty() {
+            // Caught up with the writer at a record boundary: it hands out from here.
+            index.following = true;
+            Step::Wait
         } else {
             Step::Wait
         }
@@ -273,12 +292,15 @@ impl Reader {
         }
         let stats = &self.shared.stats;
         stats.replayed.fetch_add(replayed, Ordering::Relaxed);
+        stats
+            .read_back
+            .fetch_add(events.len() as u64, Ordering::Relaxed);
         self.shared.queued.fetch_add(replayed, Ordering::Relaxed);
         for event in events {
             let cost = self.shared.window_cost(&event);
             let room = async {
-                let events = self.window_events.acquire().await.ok()?;
-                let bytes = self.window_bytes.acquire_many(cost).await.ok()?;
+                let events = self.outlet.window_events.acquire().await.ok()?;
+                let bytes = self.outlet.window_bytes.acquire_many(cost).await.ok()?;
                 events.forget();
                 bytes.forget();
                 Some(())
@@ -287,7 +309,7 @@ impl Reader {
                 room = room => if room.is_none() { return false },
                 _ = self.stop.cancelled() => return false,
             }
-            if self.out.send(event).await.is_err() {
+            if self.outlet.out.send(event).await.is_err() {
                 return false;
             }
         }

@@ -16,7 +16,7 @@ use std::sync::atomic::Ordering;
 use tracing::{info, warn};
 
 use super::segment::{self, HeaderError};
-use super::{Bitset, DiskSettings, DiskStats, Seg};
+use super::{Bitset, DiskSettings, DiskStats, ReadFrom, Seg};
 
 #[derive(Debug, thiserror::Error)]
 pub enum OpenError {
@@ -170,6 +170,7 @@ pub(super) fn recover(
             first_seq,
             header_len: header.len,
             written,
+            read_from: ReadFrom::start(first_seq, header.len),
             sealed: true,
             methods: Arc::new(methods),
             acked_before: Arc::new(acked_before),

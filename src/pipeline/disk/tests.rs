@@ -139,6 +139,77 @@ async fn events_come_back_whole_and_acknowledged_segments_are_deleted() {
     q.finish().await;
 }
 
+/// Waits until the reader has caught up with the writer and follows it.
+async fn until_following(q: &DiskQueue) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !q.shared.index().following {
+        assert!(Instant::now() < deadline, "the reader never caught up");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn while_the_senders_keep_up_nothing_is_read_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let q = DiskQueue::open(settings(
+        dir.path(),
+        Fsync::Interval(Duration::from_millis(10)),
+    ))
+    .unwrap();
+    until_following(&q).await;
+    let mut all = Vec::new();
+    for round in 0..10 {
+        push_all(&q, round * 100..round * 100 + 100).await;
+        let events = pop_n(&q, 100).await;
+        q.release(&events);
+        all.extend(events);
+    }
+    assert_eq!(numbers(&all), (0..1000).collect::<Vec<_>>());
+    assert_eq!(q.stats().read_back.load(Ordering::Relaxed), 0);
+    let written = q.stats().bytes_written.load(Ordering::Relaxed);
+    assert!(
+        written > 1000 * 230,
+        "they were written all the same: {written} bytes"
+    );
+    q.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_memory_window_sends_the_reader_back_to_the_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let q = DiskQueue::open(DiskSettings {
+        window_events: 50,
+        ..settings(dir.path(), Fsync::Always)
+    })
+    .unwrap();
+    until_following(&q).await;
+    // 40 fit the window and go straight out; the rest must wait for room.
+    push_all(&q, 0..40).await;
+    let first = pop_n(&q, 40).await;
+    push_all(&q, 40..1000).await;
+    q.release(&first);
+    let mut all = first;
+    while all.len() < 1000 {
+        let events = pop_n(&q, 10.min(1000 - all.len())).await;
+        q.release(&events);
+        all.extend(events);
+    }
+    assert_eq!(
+        numbers(&all),
+        (0..1000).collect::<Vec<_>>(),
+        "each once, none lost"
+    );
+    let read_back = q.stats().read_back.load(Ordering::Relaxed);
+    assert!(read_back >= 900, "read back {read_back}");
+    assert_eq!(q.stats().corrupt.load(Ordering::Relaxed), 0);
+    // Caught up again, the reader follows the writer once more.
+    until_following(&q).await;
+    push_all(&q, 1000..1010).await;
+    q.release(&pop_n(&q, 10).await);
+    assert_eq!(q.stats().read_back.load(Ordering::Relaxed), read_back);
+    q.finish().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn what_was_not_acknowledged_is_sent_again_after_a_crash() {
     let dir = tempfile::tempdir().unwrap();

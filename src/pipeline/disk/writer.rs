@@ -4,7 +4,8 @@
 //! milliseconds. Each turn takes everything that arrived (records, acknowledgements),
 //! appends the records in one write (and with `fsync: always` one `fdatasync`, the group
 //! commit: every agent whose records arrived while the last sync ran shares the next),
-//! then tells the waiting calls they may be answered. At `max_bytes`, or when the file
+//! then tells the waiting calls they may be answered. While the reader follows, the
+//! events just written go from here straight to the senders (nothing is read back). At `max_bytes`, or when the file
 //! system refuses a write (ENOSPC, EIO), the records stay pending, nothing is dropped, the
 //! episode is logged once and exposed (`satmesh_disk_full`), and the write is tried again
 //! every 100 ms to 1 s until space comes back (acknowledged segments are deleted).
@@ -23,7 +24,9 @@ use tracing::{error, info, warn};
 
 use super::record::{self, Record};
 use super::segment;
-use super::{Bitset, DEFAULT_SYNC_EVERY, DiskQueue, Fsync, Seg, Shared, ToWriter};
+use super::{
+    Bitset, DEFAULT_SYNC_EVERY, DiskQueue, Fsync, Outlet, ReadFrom, Seg, Shared, ToWriter,
+};
 use crate::pipeline::Event;
 
 /// Bytes of records written at once, at most.
@@ -54,6 +57,8 @@ pub(super) struct Writer {
     _lock: File,
     intake_room: Arc<Semaphore>,
     settled: watch::Sender<u64>,
+    /// Where written events go straight to the senders while the reader follows.
+    outlet: Outlet,
     pending: VecDeque<(u64, Event)>,
     active: Option<Active>,
     /// Open acknowledgement files by segment, and whether any was written since the last
@@ -82,6 +87,7 @@ impl Writer {
         lock: File,
         intake_room: Arc<Semaphore>,
         settled: watch::Sender<u64>,
+        outlet: Outlet,
     ) -> Writer {
         let reaped = reaper(shared.clone());
         Writer {
@@ -90,6 +96,7 @@ impl Writer {
             _lock: lock,
             intake_room,
             settled,
+            outlet,
             pending: VecDeque::new(),
             active: None,
             acks: HashMap::new(),
@@ -246,18 +253,48 @@ impl Writer {
                 self.data_dirty = true;
             }
             let (first_seq, len) = (active.first_seq, active.len);
-            if let Some(seg) = self.shared.index().segment_mut(first_seq) {
-                seg.written = len;
-            }
-            self.pending.drain(..n);
+            let written: Vec<Event> = self
+                .pending
+                .drain(..n)
+                .map(|(seq, mut event)| {
+                    event.seq = seq;
+                    event
+                })
+                .collect();
             self.intake_room.add_permits(room);
             self.settled.send_replace(last_seq);
-            self.shared.written.notify_one();
+            self.publish(first_seq, len, last_seq, written);
             if let Some(stopped) = self.stopped.take() {
                 info!(after = ?stopped.since.elapsed(), "disk queue writing again");
                 stats.full.store(false, Ordering::Relaxed);
             }
         }
+    }
+
+    /// Makes a write of segment `first_seq` (now `len` bytes, its last record `last_seq`)
+    /// visible: while the reader follows, its events go straight to the senders if the
+    /// memory window has room for them all; otherwise the reader is woken to read them.
+    fn publish(&self, first_seq: u64, len: u64, last_seq: u64, events: Vec<Event>) {
+        let mut index = self.shared.index();
+        let following = index.following;
+        let Some(seg) = index.segment_mut(first_seq) else {
+            return;
+        };
+        seg.written = len;
+        if following {
+            let n = events.len() as u64;
+            if self.outlet.try_send_all(&self.shared, events) {
+                seg.emitted += n;
+                seg.read_from = ReadFrom {
+                    offset: len,
+                    last_seq,
+                };
+                return;
+            }
+            index.following = false;
+        }
+        drop(index);
+        self.shared.written.notify_one();
     }
 
     /// Starts a new segment for the first pending record, sealing the current one.
@@ -293,15 +330,19 @@ impl Writer {
         stats.wrote(header.len());
         {
             let mut index = self.shared.index();
+            let following = index.following;
             if let Some(old) = &self.active
                 && let Some(seg) = index.segment_mut(old.first_seq)
             {
                 seg.sealed = true;
+                // The reader had read all of it, and the writer handed out the rest.
+                seg.read_done |= following;
             }
             index.segments.push(Seg {
                 first_seq,
                 header_len: header.len() as u64,
                 written: header.len() as u64,
+                read_from: ReadFrom::start(first_seq, header.len() as u64),
                 sealed: false,
                 methods: Arc::new((0..self.paths.len() as u16).map(Some).collect()),
                 acked_before: Arc::new(Bitset::default()),
