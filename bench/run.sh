@@ -1,15 +1,19 @@
 #!/usr/bin/env bash
-# The benchmark of issue 5, in one run (about 5 minutes on 2 cores; --smoke: seconds).
+# The benchmark of issues 5 and 9, in one run (about 13 minutes on 2 cores; --smoke:
+# under a minute).
 #
 #   bench/run.sh [--smoke] [--out DIR] [--bin PATH] [--cargo-profile NAME] [--only SECTION,...]
+#   sections: throughput, sweep, unary, delivery, queue, idle, micro
 #
 # With the same load per message size it measures each path: agents -> sink (direct, the
 # floor), agents -> satmesh -> sink, agents -> nginx grpc_pass -> sink; then a sweep over
 # the number of connections, unary keepAlive latency at a fixed rate, delivery latency at
-# a paced load, 10,000 idle connections held by satmesh, and the criterion benches of
-# the ring lookup and the routing-key peek. For every process: CPU seconds (/proc) and
-# peak RSS. It writes docs/BENCHMARKS.md, docs/bench-connections.png and the raw results
-# in target/bench/ (or all three in --out DIR).
+# a paced load, satmesh's memory queue against its disk queue (fsync interval and always:
+# CPU, fsyncs/s, bytes written per byte received, the wait for the OK, paced delivery
+# latency), 10,000 idle connections held by satmesh, and the criterion benches of the
+# ring lookup and the routing-key peek. For every process: CPU seconds (/proc) and peak
+# RSS. It writes docs/BENCHMARKS.md, docs/bench-connections.png and the raw results in
+# target/bench/ (or all three in --out DIR).
 #
 # Here: install what is missing (Debian's nginx and gnuplot-nox), raise the open-files
 # limit, then hand over to bench/satbench/ (Python, standard library only), which builds

@@ -1,5 +1,10 @@
 """bench/run.sh's body: runs every scenario, keeps the raw results, writes the report.
 
+Sections, in order (SECTIONS; `--only` picks some): throughput (direct, satmesh, nginx at
+full speed), sweep (connections), unary (keepAlive latency), delivery (paced latency),
+queue (satmesh's memory queue against its disk queue, fsync interval and always), idle
+(10,000 idle connections), micro (criterion benches).
+
     python3 -m satbench [--smoke] [--out DIR] [--bin PATH] [--cargo-profile NAME]
                         [--only SECTION,...]
 
@@ -21,8 +26,9 @@ from . import micro, report, scenarios
 from .machine import facts
 from .procs import COMMANDS, ROOT, Runner, bench_supports, relative
 
-# The load of each section. The full run fits in 10 minutes on 2 cores; the smoke runs
-# every step for a second or less, so CI sees it work, not how fast.
+# The load of each section. The full run takes about 13 minutes on 2 cores (the queue
+# section about 5); the smoke runs every step for a second or less, so CI sees it work,
+# not how fast.
 FULL = {
     "sizes": [300, 4096],
     "connections": 8,
@@ -47,6 +53,10 @@ FULL = {
     "delivery_interval": "10ms",
     "delivery_warm": 1.0,
     "delivery_seconds": 8.0,
+    # Rounds of every size and queue (memory, disk fsync interval, disk fsync always) in
+    # turn through satmesh at full speed, then each queue at the delivery section's paced
+    # load; a ratio to the memory queue is taken within a round.
+    "queue_rounds": 3,
     "idle_connections": 10000,
     "idle_timeout": 120.0,
     "micro_quick": False,
@@ -65,11 +75,12 @@ SMOKE = {
     "unary_rounds": 1,
     "delivery_warm": 0.2,
     "delivery_seconds": 0.5,
+    "queue_rounds": 1,
     "idle_connections": 200,
     "idle_timeout": 30.0,
     "micro_quick": True,
 }
-SECTIONS = ("throughput", "sweep", "unary", "delivery", "idle", "micro")
+SECTIONS = ("throughput", "sweep", "unary", "delivery", "queue", "idle", "micro")
 
 
 def build(profile: str) -> str:
@@ -167,6 +178,39 @@ def section_delivery(r, plan, args):
     return with_runs(runs)
 
 
+def section_queue(r, plan, args):
+    """Issue 9: the memory queue and the disk queue (fsync interval, always) on the same
+    load: full speed at every size with the disk figures, then paced for the latency."""
+    config = scenarios.queue_config(r)
+    c, s = plan["connections"], plan["streams"]
+    runs, paced = [], []
+    for round_ in range(1, plan["queue_rounds"] + 1):
+        for size in plan["sizes"]:
+            for queue in scenarios.QUEUES:
+                name = f"queue {queue} {size} B (round {round_})"
+                run = attempt(
+                    name,
+                    lambda: scenarios.throughput(
+                        r, name, "satmesh", size, c, s, plan["warm"], plan["seconds"],
+                        scenarios.queue_env(r, queue), queue_figures=True,
+                    ),
+                    size=size,
+                )
+                runs.append({**run, "queue": queue, "round": round_})
+        for queue in scenarios.QUEUES:
+            name = f"queue delivery {queue} (round {round_})"
+            run = attempt(
+                name,
+                lambda: scenarios.delivery(
+                    r, "satmesh", plan["delivery_size"], c, s, plan["delivery_interval"],
+                    plan["delivery_warm"], plan["delivery_seconds"], scenarios.queue_env(r, queue), name,
+                ),
+            )
+            paced.append({**run, "queue": queue, "round": round_})
+    result = with_runs(runs + paced)
+    return {**result, "runs": runs, "paced": paced, "config": config}
+
+
 def section_idle(r, plan, args):
     if not bench_supports(r.binary, "--idle"):
         return pending("`satmesh bench --idle` (tools/src/load/idle.rs) is not in this build yet")
@@ -195,8 +239,9 @@ def main() -> int:
     ap = argparse.ArgumentParser(
         prog="bench/run.sh",
         description="Issue 5's benchmark: direct, satmesh and nginx paths under the same load,"
-        " a connections sweep, unary and delivery latency, idle connections, criterion benches;"
-        " writes BENCHMARKS.md, bench-connections.png and results.json.",
+        " a connections sweep, unary and delivery latency, the memory and disk queues (issue 9),"
+        " idle connections, criterion benches; writes BENCHMARKS.md, bench-connections.png and"
+        " results.json.",
     )
     ap.add_argument("--smoke", action="store_true", help="seconds, not minutes (CI)")
     ap.add_argument("--out", help="write the report, plot and raw JSON here (default: docs/ and target/bench/)")

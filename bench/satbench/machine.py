@@ -26,6 +26,23 @@ def _first(path: str, key: str) -> str:
     return "unknown"
 
 
+def filesystem(path: str) -> str:
+    """The file system holding `path` (its longest mount point), e.g. `ext4 on /dev/vda`:
+    on tmpfs an fsync costs nothing and nothing is written to a device."""
+    path = os.path.realpath(path)
+    best, found = "", "unknown"
+    try:
+        for line in open("/proc/self/mountinfo"):
+            fields = line.split()
+            mount, tail = fields[4], fields[fields.index("-") + 1 :]
+            inside = path == mount or path.startswith(mount.rstrip("/") + "/")
+            if inside and len(mount) >= len(best):
+                best, found = mount, f"{tail[0]} on {tail[1]}"
+    except (OSError, ValueError, IndexError):
+        pass
+    return found
+
+
 def loadavg() -> str:
     return " ".join(open("/proc/loadavg").read().split()[:3])
 

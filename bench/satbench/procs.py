@@ -3,8 +3,9 @@
 Every process is started here (sink, satmesh peer, nginx, load generator), every command
 line is logged for the report, and every process is killed when the run ends, even on an
 error or Ctrl-C. CPU time is utime + stime from /proc/PID/stat; peak RSS is VmHWM from
-/proc/PID/status. The load generator's figures come from wait4's rusage instead, because
-it has exited when they are read.
+/proc/PID/status; bytes written to storage are write_bytes from /proc/PID/io. The load
+generator's figures come from wait4's rusage instead, because it has exited when they are
+read.
 """
 
 import atexit
@@ -73,6 +74,16 @@ def status_kib(pid: int, key: str) -> int:
             if line.startswith(key + ":"):
                 return int(line.split()[1])
     return 0
+
+
+def write_bytes(pid: int) -> int:
+    """Bytes a live process caused to be written to storage (all its threads): counted
+    when it dirties a page of the page cache, so a write is charged before it is flushed."""
+    with open(f"/proc/{pid}/io") as f:
+        for line in f:
+            if line.startswith("write_bytes:"):
+                return int(line.split()[1])
+    raise RuntimeError(f"/proc/{pid}/io has no write_bytes")
 
 
 def children(pid: int) -> list[int]:
@@ -221,6 +232,23 @@ class Runner:
         _ADDRS.update({grpc: "$PROXY", admin: "$PROXY_ADMIN"})
         return Service("satmesh", p, grpc, admin)
 
+    def scratch(self, name: str) -> str:
+        """A fresh path in the run's directory, not created (satmesh creates its disk
+        queue's directory); shown as `$NAME_DIR` in the command lines."""
+        self.n += 1
+        path = os.path.join(self.work, f"{self.n:03d}-{name}")
+        _ADDRS[path] = f"${name.upper().replace('-', '_')}_DIR"
+        return path
+
+    def config(self, env: dict | None = None) -> dict:
+        """The effective config of `satmesh run` with `env`, as `satmesh check-config`
+        prints it (config/satmesh.yaml, then the environment)."""
+        argv = [self.binary, "check-config", os.path.join(ROOT, "config/satmesh.yaml")]
+        p = subprocess.run(argv, env={**os.environ, **(env or {})}, capture_output=True, text=True, timeout=30)
+        if p.returncode != 0:
+            raise RuntimeError(f"satmesh check-config exited {p.returncode}: {p.stderr[-2000:]}")
+        return json.loads(p.stdout)
+
     def nginx(self, scenario: str, upstreams: list[str], keepalive: int) -> Service:
         self.n += 1
         d = os.path.join(self.work, f"{self.n:03d}-nginx")
@@ -303,6 +331,16 @@ def arrived(sink: Service) -> int:
 
 
 def metric(admin: str, name: str) -> float | None:
-    text = http(f"http://{admin}/metrics").decode()
+    return sample(http(f"http://{admin}/metrics").decode(), name)
+
+
+def sample(text: str, name: str) -> float | None:
+    """An unlabelled sample of a Prometheus text exposition."""
     m = re.search(rf"^{re.escape(name)} (\S+)$", text, re.M)
     return float(m.group(1)) if m else None
+
+
+def buckets(text: str, name: str) -> dict[str, int]:
+    """A histogram's cumulative buckets, by their `le` label as written ("0.005", "+Inf")."""
+    pattern = rf'^{re.escape(name)}_bucket\{{le="([^"]+)"\}} (\S+)$'
+    return {le: int(float(n)) for le, n in re.findall(pattern, text, re.M)}

@@ -246,6 +246,97 @@ def delivery(doc) -> list[str]:
     return out + _table(head, rows) + [""]
 
 
+def _ok_wait(q: dict) -> str:
+    """The OK wait p99 as the bucket bound holding it; "-" when no call waited."""
+    le = q.get("ok_wait_p99_le")
+    if le is None:
+        return "-"
+    if le == "+Inf":
+        return f"> {float(q['ok_wait_last_bound']) * 1000:g} ms"
+    return f"<= {float(le) * 1000:g} ms"
+
+
+def disk_queue(doc) -> list[str]:
+    res = doc["results"].get("queue", {"status": "skipped", "reason": "not in these results"})
+    plan = doc["plan"]
+    cfg = res.get("config", {})
+    out = ["## Disk queue", ""]
+    out += [
+        f"satmesh with each queue (`pipeline.queue: memory`; `disk` with `fsync: interval`;"
+        f" `disk` with `fsync: always`) on the throughput section's load: {plan['connections']}"
+        f" connections x {plan['streams']} client-streams at full speed, {plan['seconds']:g} s after"
+        f" a {plan['warm']:g} s warm-up, a fresh sink, peer and queue directory each run;"
+        f" {plan.get('queue_rounds', 1)} round(s) of every size and queue in turn. The queue's"
+        f" directory is in the run's scratch directory, on {cfg.get('filesystem', 'n/a')};"
+        f" flush_interval {cfg.get('flush_interval', 'n/a')}, fsync_interval"
+        f" {cfg.get('fsync_interval', 'n/a')} (`satmesh check-config`: config/satmesh.yaml with"
+        " the run's environment). CPU: satmesh's, until everything acknowledged reached the"
+        " sink; x memory: over the memory queue's CPU per event in the same round. fsyncs/s:"
+        " `satmesh_disk_fsyncs_total`. written / received: satmesh's `write_bytes` in"
+        " `/proc/PID/io` (pages it dirtied: records, acknowledgements, its log) over the payload"
+        " bytes that arrived (events x size). OK wait p99: `satmesh_disk_settle_seconds`, the time"
+        " a report call waited after its last message for the queue to hold it, as the upper"
+        " bound of the bucket holding the 99th percentile. Delivery p99 (paced): the delivery"
+        f" section's paced load ({plan['delivery_interval']} between calls) at"
+        f" {size_name(plan['delivery_size'])} through each queue, the sink's p99, median of the"
+        " rounds. The table shows each size's median round by disk always / memory CPU.",
+        "",
+    ]
+    out += _status(res)
+    if "runs" not in res:
+        return out
+    runs, paced = res["runs"], res.get("paced", [])
+    head = ["size", "queue", "events/s", "satmesh CPU us/event", "x memory", "fsyncs/s",
+            "written / received", "OK wait p99", "delivery p99 (paced)"]
+    rows = []
+    for size in plan["sizes"]:
+        middle = targets.queue_median_round(runs, size)
+        for queue, name in targets.QUEUE_NAMES.items():
+            lead = [f"{size_name(size)}" + (f" (round {middle})" if middle and len(targets.rounds(runs)) > 1 else ""), name]
+            p99, _ = targets.paced_p99_us(paced, queue) if size == plan["delivery_size"] else (None, 0)
+            paced_cell = "-" if size != plan["delivery_size"] else "n/a" if p99 is None else f"{p99 / 1000:.1f} ms"
+            r = targets.queue_run(runs, size, queue, middle)
+            if r is None:
+                bad = next((x for x in runs if x["size"] == size and x["queue"] == queue and x["round"] == middle
+                            and "error" in x), None)
+                rows.append(_failed(lead, bad, len(head)) if bad else lead + ["n/a"] * (len(head) - 3) + [paced_cell])
+                continue
+            q = r["queue_figures"]
+            disk = q["disk"]
+            ratio = targets.queue_ratio(runs, size, queue, middle)
+            rows.append(lead + [
+                num(r["events_per_second"]), us(r["processes"]["proxy"]["cpu_us_per_event"]),
+                "-" if queue == "memory" else us(ratio),
+                num(q["fsyncs_per_second"]) if disk else "-",
+                us(q["written_per_payload_byte"]), _ok_wait(q) if disk else "-", paced_cell,
+            ])
+    out += _table(head, rows) + [""]
+    out += ["Every round (events/s, satmesh CPU us/event; a ratio to memory is within its round):", ""]
+    head = ["size", "round"] + [f"{name}" for name in targets.QUEUE_NAMES.values()]
+    rows = []
+    for size in plan["sizes"]:
+        for n in targets.rounds(runs):
+            cells = []
+            for queue in targets.QUEUE_NAMES:
+                r = targets.queue_run(runs, size, queue, n)
+                ratio = targets.queue_ratio(runs, size, queue, n)
+                cells.append("failed" if r is None else f"{num(r['events_per_second'])}/s, "
+                             f"{us(r['processes']['proxy']['cpu_us_per_event'])} us"
+                             + (f" ({ratio:.2f}x)" if ratio is not None and queue != "memory" else ""))
+            rows.append([size_name(size), num(n)] + cells)
+    out += _table(head, rows) + [""]
+    out += ["Paced delivery, every round (the sink's latency):", ""]
+    head = ["round", "queue", "events/s", "events timed", "p50 us", "p99 us", "p999 us", "max us"]
+    rows = [
+        _failed([num(r["round"]), targets.QUEUE_NAMES[r["queue"]]], r, len(head)) if "error" in r else
+        [num(r["round"]), targets.QUEUE_NAMES[r["queue"]], num(r["events_per_second"]),
+         num(r["latency"]["count"]), num(r["latency"]["p50_us"]), num(r["latency"]["p99_us"]),
+         num(r["latency"]["p999_us"]), num(r["latency"]["max_us"])]
+        for r in paced
+    ]
+    return out + _table(head, rows) + [""]
+
+
 def idle(doc) -> list[str]:
     res = doc["results"]["idle"]
     out = ["## Idle connections", ""]
@@ -314,7 +405,7 @@ def write(doc: dict, out_dir: str, raw: str) -> str:
     if smoke:
         lines += [
             "**SMOKE RUN**: every step ran for half a second to show the script works. The",
-            "figures are not measurements; `bench/run.sh` (about 5 minutes) makes them.",
+            "figures are not measurements; `bench/run.sh` (about 13 minutes) makes them.",
             "",
         ]
     lines += [
@@ -331,9 +422,10 @@ def write(doc: dict, out_dir: str, raw: str) -> str:
         with open(analysis) as f:
             lines += [f.read().rstrip(), ""]
     lines += ["## How to run", "", "```sh",
-              "bench/run.sh                 # full run, about 5 minutes: docs/BENCHMARKS.md, target/bench/",
+              "bench/run.sh                 # full run, about 13 minutes: docs/BENCHMARKS.md, target/bench/",
               "bench/run.sh --smoke --out /tmp/b   # seconds: what CI runs (tests/integration/bench_smoke.rs)",
               "bench/run.sh --only throughput,sweep   # some sections",
+              "bench/run.sh --only queue    # the memory queue against the disk queue (issue 9)",
               "```", "",
               "bench/run.sh installs Debian's `nginx` and `gnuplot-nox` if missing, raises"
               " `ulimit -n`, builds `satmesh` (release) and runs `python3 -m satbench`"
@@ -348,7 +440,8 @@ def write(doc: dict, out_dir: str, raw: str) -> str:
               " 1000 calls.",
               ""]
     lines += machine(doc) + commands(doc)
-    lines += throughput(doc) + sweep(doc, plot_error) + unary(doc) + delivery(doc) + idle(doc) + micro(doc)
+    lines += throughput(doc) + sweep(doc, plot_error) + unary(doc) + delivery(doc) + disk_queue(doc)
+    lines += idle(doc) + micro(doc)
     lines += ["## Time per section", ""] + _table(
         ["section", "seconds"], [[k, f"{v['wall_seconds']:.0f}"] for k, v in res.items()]
     ) + [""]

@@ -2,18 +2,57 @@
 unless the path is direct), so a peak RSS belongs to one scenario, and stops them.
 
 Paths: `direct` (agents -> sink, the floor), `satmesh` (agents -> satmesh run -> sink),
-`nginx` (agents -> nginx grpc_pass -> sink).
+`nginx` (agents -> nginx grpc_pass -> sink). Queues of the satmesh path: `memory`, and the
+disk queue with `fsync: interval` or `fsync: always` (`queue_env`).
 """
 
 import json
+import re
+import shutil
 import signal
 import threading
 import time
 import urllib.error
 
-from .procs import Runner, Service, arrived, http, metric, status_kib, wait_until
+from .machine import filesystem
+from .procs import Runner, Service, arrived, buckets, http, metric, sample, status_kib, wait_until, write_bytes
 
 PATHS = ("direct", "satmesh", "nginx")
+QUEUES = ("memory", "interval", "always")
+
+
+def queue_env(r: Runner, queue: str) -> dict:
+    """satmesh's environment for a queue of QUEUES; a disk queue gets a fresh directory."""
+    if queue == "memory":
+        return {}
+    return {
+        "SATMESH__PIPELINE__QUEUE": "disk",
+        "SATMESH__PIPELINE__DISK__FSYNC": queue,
+        "SATMESH__PIPELINE__DISK__PATH": r.scratch("queue"),
+    }
+
+
+def duration_ms(text: str) -> float:
+    """A humantime duration of satmesh's config ("20ms", "1s 500ms") in milliseconds."""
+    units = {"ns": 1e-6, "us": 1e-3, "µs": 1e-3, "ms": 1.0, "s": 1e3, "m": 60e3, "min": 60e3, "h": 3600e3}
+    parts = re.findall(r"(\d+(?:\.\d+)?)\s*([a-zµ]+)", text)
+    if not parts or any(u not in units for _, u in parts):
+        raise ValueError(f"not a duration: {text!r}")
+    return sum(float(n) * units[u] for n, u in parts)
+
+
+def queue_config(r: Runner) -> dict:
+    """What the disk queue runs are compared with: the effective pipeline settings of a
+    disk-queue peer (config/satmesh.yaml under this environment), and the file system
+    its directory is on."""
+    p = r.config(queue_env(r, "always"))["pipeline"]
+    return {
+        "flush_interval": p["flush_interval"],
+        "flush_interval_ms": duration_ms(p["flush_interval"]),
+        "fsync_interval": p["disk"]["fsync_interval"],
+        "segment_bytes": p["disk"]["segment_bytes"],
+        "filesystem": filesystem(r.work),
+    }
 
 
 def _ms(seconds: float) -> str:
@@ -39,6 +78,14 @@ def _stop(*services: Service | None):
     for s in services:
         if s is not None:
             s.stop()
+
+
+def _drop_queue(satmesh_env: dict | None):
+    """Deletes a stopped peer's disk queue directory (what is left there is its last
+    segment and acknowledgements: the run's logs are elsewhere)."""
+    path = (satmesh_env or {}).get("SATMESH__PIPELINE__DISK__PATH")
+    if path:
+        shutil.rmtree(path, ignore_errors=True)
 
 
 def _settle(sink: Service, quiet: float = 0.15, timeout: float = 60):
@@ -94,14 +141,17 @@ def load_args(target, connections, streams, size, call_interval=None):
     return args
 
 
-def throughput(r: Runner, scenario, path, size, connections, streams, warm, seconds) -> dict:
-    """Full-speed client-streams of `size`-byte segments; CPU and peak RSS per process."""
-    sink, proxy, target = _start(r, scenario, path, connections * streams)
+def throughput(r: Runner, scenario, path, size, connections, streams, warm, seconds,
+               satmesh_env=None, queue_figures=False) -> dict:
+    """Full-speed client-streams of `size`-byte segments; CPU and peak RSS per process.
+    With `queue_figures`, satmesh's queue over the same window too (`_queue_figures`)."""
+    sink, proxy, target = _start(r, scenario, path, connections * streams, satmesh_env)
     try:
         load = load_args(target, connections, streams, size)
         r.bench(scenario, load + ["--duration", _ms(warm)], timeout=warm + 60)
         _settle(sink)
         services = [s for s in (proxy, sink) if s]
+        queue0 = _queue_sample(proxy) if queue_figures else None
         cpu0 = {s.role: s.cpu() for s in services}
         a0, t0 = arrived(sink), time.monotonic()
         last = _LastArrival(sink, t0 + seconds)
@@ -120,7 +170,7 @@ def throughput(r: Runner, scenario, path, size, connections, streams, warm, seco
                 procs[key]["processes"] = len(s.pids())
         for p in procs.values():
             p["cpu_us_per_event"] = p["cpu_seconds"] / events * 1e6 if events else None
-        return {
+        run = {
             "path": path,
             "size": size,
             "connections": connections,
@@ -132,8 +182,46 @@ def throughput(r: Runner, scenario, path, size, connections, streams, warm, seco
             "errors_by_status": rep.get("errors_by_status", {}),
             "processes": procs,
         }
+        if queue_figures:
+            run["queue_figures"] = _queue_figures(queue0, _queue_sample(proxy), t1 - t0, events * size)
+        return run
     finally:
         _stop(proxy, sink)
+        _drop_queue(satmesh_env)
+
+
+def _queue_sample(proxy: Service) -> dict:
+    return {"metrics": http(f"http://{proxy.admin}/metrics").decode(), "written": write_bytes(proxy.proc.pid)}
+
+
+SETTLE = "satmesh_disk_settle_seconds"
+
+
+def _queue_figures(before: dict, after: dict, seconds: float, payload_bytes: int) -> dict:
+    """satmesh's queue between two samples: fsyncs, bytes written to storage (records,
+    acknowledgements, its log) per payload byte received, and the time report calls
+    waited for their OK after their last message (the settle histogram's delta; its p99
+    is the upper bound of the bucket holding it)."""
+    m0, m1 = before["metrics"], after["metrics"]
+    delta = lambda name: (sample(m1, name) or 0) - (sample(m0, name) or 0)  # noqa: E731
+    b0, b1 = buckets(m0, SETTLE), buckets(m1, SETTLE)
+    waits = sorted(((float(le), le, n - b0.get(le, 0)) for le, n in b1.items()))
+    calls = waits[-1][2] if waits else 0
+    p99 = next((le for _, le, n in waits if n >= 0.99 * calls), None) if calls else None
+    written = after["written"] - before["written"]
+    return {
+        "disk": (sample(m1, "satmesh_disk_bytes_limit") or 0) > 0,
+        "fsyncs": delta("satmesh_disk_fsyncs_total"),
+        "fsyncs_per_second": delta("satmesh_disk_fsyncs_total") / seconds,
+        "bytes_written": written,
+        "written_per_payload_byte": written / payload_bytes if payload_bytes else None,
+        "disk_queue_bytes_written": delta("satmesh_disk_bytes_written_total"),
+        "records_read_back": delta("satmesh_disk_records_read_total"),
+        "ok_waits": calls,
+        # The bucket's upper bound as written: seconds, or "+Inf" beyond the last bound.
+        "ok_wait_p99_le": p99,
+        "ok_wait_last_bound": waits[-2][1] if len(waits) > 1 else None,
+    }
 
 
 def unary(r: Runner, path, rate, connections, warm, seconds) -> dict:
@@ -169,10 +257,11 @@ def sink_has_latency(r: Runner) -> bool:
         sink.stop()
 
 
-def delivery(r: Runner, path, size, connections, streams, interval, warm, seconds) -> dict:
+def delivery(r: Runner, path, size, connections, streams, interval, warm, seconds,
+             satmesh_env=None, scenario=None) -> dict:
     """Paced load; the sink's end-to-end latency (bench send time -> sink receipt)."""
-    scenario = f"delivery {path}"
-    sink, proxy, target = _start(r, scenario, path, connections * streams)
+    scenario = scenario or f"delivery {path}"
+    sink, proxy, target = _start(r, scenario, path, connections * streams, satmesh_env)
     try:
         load = load_args(target, connections, streams, size, interval)
         r.bench(scenario, load + ["--duration", _ms(warm)], timeout=warm + 60)
@@ -196,6 +285,7 @@ def delivery(r: Runner, path, size, connections, streams, interval, warm, second
         }
     finally:
         _stop(proxy, sink)
+        _drop_queue(satmesh_env)
 
 
 def idle(r: Runner, n: int, timeout: float, hold: float = 3.0) -> dict:

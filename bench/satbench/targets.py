@@ -1,6 +1,8 @@
-"""Issue 5's targets, checked against the figures of the same run."""
+"""Issue 5's targets and the disk queue's (issue 9), checked against the figures of the
+same run."""
 
 import re
+import statistics
 
 RATIO_NAMES = (
     "satmesh / nginx: proxy CPU per event",
@@ -13,7 +15,6 @@ RATIO_NAMES = (
 
 def unary_medians(runs) -> dict:
     """Each path's median over its unary rounds of p50, p99, p999 (us) and its calls."""
-    import statistics
     by_path = {}
     for r in runs:
         if "error" not in r:
@@ -73,6 +74,7 @@ def ratios(runs, size, round_=None) -> dict:
 
 
 def _missing(section, *runs) -> str:
+    """Why a target has no figure: its section did not run, or a run it needs failed."""
     if section["status"] in ("pending", "skipped"):
         return section["status"]
     return "a scenario it needs failed"
@@ -85,12 +87,12 @@ def _verdict(value, limit):
 
 
 def _rows(doc):
-    """(target, measured, verdict) for every target of issue 5."""
+    """(target, measured, verdict) for every target of issue 5, then the disk queue's."""
     res = doc["results"]
     rows = []
     tp = res["throughput"]
     for size in doc["plan"]["sizes"]:
-        name = f"{size // 1024} KiB" if size % 1024 == 0 else f"{size} B"
+        name = _name(size)
         runs = tp.get("runs", [])
         middle = median_round(runs, size)
         s, n, d = (_run(runs, p, size, middle) for p in ("satmesh", "nginx", "direct"))
@@ -145,13 +147,120 @@ def _rows(doc):
                      _verdict(e["mean_ns"], 2000.0)))
     else:
         rows.append(("routing-key peek <= 2 us on 8 KiB", mi["status"] if mi["status"] != "ok" else "no estimate", "n/a"))
+    return rows + _queue_rows(doc)
+
+
+# The disk queue (issue 9): the `queue` section's runs carry `queue` (scenarios.QUEUES).
+QUEUE_NAMES = {"memory": "memory", "interval": "disk, fsync interval", "always": "disk, fsync always"}
+
+
+def queue_run(runs, size, queue, round_):
+    return next((r for r in runs if r["size"] == size and r["queue"] == queue
+                 and r["round"] == round_ and "error" not in r), None)
+
+
+def _cpu(r):
+    return r["processes"]["proxy"]["cpu_us_per_event"] if r else None
+
+
+def queue_ratio(runs, size, queue, round_):
+    """satmesh's CPU per event with `queue` over the memory queue's, in the same round."""
+    return _div(_cpu(queue_run(runs, size, queue, round_)), _cpu(queue_run(runs, size, "memory", round_)))
+
+
+def queue_median_round(runs, size):
+    """The round whose disk always / memory CPU ratio at `size` is the median (the lower
+    middle one), else the same by disk interval; else the first round with a figure."""
+    for queue in ("always", "interval"):
+        scored = sorted((v, n) for n in rounds(runs) if (v := queue_ratio(runs, size, queue, n)) is not None)
+        if scored:
+            return scored[(len(scored) - 1) // 2][1]
+    return next((r["round"] for r in runs if r["size"] == size and "error" not in r), None)
+
+
+def paced_p99_us(paced, queue):
+    """The median over rounds of the paced delivery p99 (us) through `queue`, and how
+    many rounds it is of."""
+    got = [r["latency"]["p99_us"] for r in paced if r["queue"] == queue and "error" not in r]
+    return (statistics.median(got), len(got)) if got else (None, 0)
+
+
+def _worst(parts: dict, limit, at_least=False) -> str:
+    """The verdict on the worst of some figures (None: a run failed, no verdict)."""
+    values = [v for v in parts.values() if v is not None]
+    if not values or len(values) < len(parts):
+        return "n/a"
+    return "met" if (min(values) >= limit if at_least else max(values) <= limit) else "**missed**"
+
+
+def _fig(v, unit="", digits=2) -> str:
+    return "n/a" if v is None else f"{v:,.{digits}f}{unit}"
+
+
+def _queue_rows(doc):
+    """The disk queue's targets, each on the median round of its size."""
+    res = doc["results"].get("queue", {"status": "skipped"})
+    runs, paced = res.get("runs", []), res.get("paced", [])
+    sizes = doc["plan"]["sizes"]
+    middle = {size: queue_median_round(runs, size) for size in sizes}
+    many = len(rounds(runs)) > 1
+
+    def of(size):
+        return f" (median of {len(rounds(runs))} rounds: round {middle[size]})" if many and middle[size] else ""
+
+    def run(size, queue):
+        return queue_run(runs, size, queue, middle.get(size))
+
+    rows = []
+    for size in sizes:
+        target = f"disk queue: satmesh CPU/event <= 1.5x the memory queue's, {_name(size)}"
+        parts = {q: queue_ratio(runs, size, q, middle[size]) for q in ("interval", "always")}
+        figure = (f"interval {_fig(parts['interval'], 'x')}, always {_fig(parts['always'], 'x')}"
+                  f" of memory's {_fig(_cpu(run(size, 'memory')), ' us')}{of(size)}")
+        rows.append(_queue_row(res, target, parts, figure, 1.5))
+
+    always = run(300, "always")
+    eps = always["events_per_second"] if always else None
+    rows.append(_queue_row(res, "disk queue, fsync always: >= 200,000 events/s at 300 B", {"always": eps},
+                           f"{_fig(eps, ' events/s', 0)}{of(300)}", 200_000, at_least=True))
+
+    parts = {(size, q): r["queue_figures"]["written_per_payload_byte"] if (r := run(size, q)) else None
+             for size in sizes for q in ("interval", "always")}
+    figure = "; ".join(f"{_name(size)}: interval {_fig(parts[(size, 'interval')])}, always"
+                       f" {_fig(parts[(size, 'always')])}" for size in sizes) + (" (median rounds)" if many else "")
+    rows.append(_queue_row(res, "disk queue: bytes written to disk per byte received <= 1.2", parts, figure, 1.2))
+
+    target = "async delivery p99 through the disk queue <= flush_interval + 20 ms"
+    flush = res.get("config", {}).get("flush_interval_ms")
+    medians = {q: paced_p99_us(paced, q) for q in ("interval", "always")}
+    parts = {q: p99 / 1000 if p99 is not None else None for q, (p99, _) in medians.items()}
+    counts = {n for _, n in medians.values()}
+    of_rounds = (f"; median of {max(counts)} rounds" if len(counts) == 1 and max(counts) > 1
+                 else "; median of each queue's rounds" if len(counts) > 1 else "")
+    if flush is None:
+        rows.append((target, _missing(res), "n/a"))
+    else:
+        figure = (f"interval {_fig(parts['interval'], ' ms', 1)}, always {_fig(parts['always'], ' ms', 1)}"
+                  f" (paced; limit {flush + 20:g} ms{of_rounds})")
+        rows.append(_queue_row(res, target, parts, figure, flush + 20))
     return rows
+
+
+def _queue_row(res, target, parts: dict, figure: str, limit, at_least=False):
+    """(target, figure, verdict on the worst part); no figure when every part is missing."""
+    if all(v is None for v in parts.values()):
+        return (target, _missing(res), "n/a")
+    return (target, figure, _worst(parts, limit, at_least))
+
+
+def _name(size) -> str:
+    return f"{size // 1024} KiB" if size % 1024 == 0 else f"{size} B"
 
 
 def section(doc) -> list[str]:
     out = ["## Targets", ""]
     if doc["mode"] == "smoke":
         out += ["(smoke run: the verdicts below mean nothing)", ""]
-    out += ["| target (issue 5) | measured in this run | |", "|---|---|---|"]
+    out += ["| target (issue 5; disk queue: issue 9) | measured in this run | |", "|---|---|---|"]
     out += [f"| {t} | {m} | {v} |" for t, m, v in _rows(doc)]
     return out + [""]
