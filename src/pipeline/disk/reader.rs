@@ -23,11 +23,11 @@ use bytes::{Buf, Bytes, BytesMut};
 use tokio_util::sync::CancellationToken;
 use tracing::warn;
 
+#[cfg(doc)]
+use super::Index;
 use super::record::{self, Read};
 use super::segment;
 use super::{Bitset, Outlet, Shared, ToWriter};
-#[cfg(doc)]
-use super::Index;
 use crate::pipeline::Event;
 use crate::protocol::MethodId;
 

@@ -60,6 +60,8 @@ pub(super) struct Writer {
     /// Where written events go straight to the senders while the reader follows.
     outlet: Outlet,
     pending: VecDeque<(u64, Event)>,
+    /// Numbers acknowledged this turn, appended together.
+    acked: Vec<u64>,
     active: Option<Active>,
     /// Open acknowledgement files by segment, and whether any was written since the last
     /// sync.
@@ -98,6 +100,7 @@ impl Writer {
             settled,
             outlet,
             pending: VecDeque::new(),
+            acked: Vec::new(),
             active: None,
             acks: HashMap::new(),
             acks_dirty: false,
@@ -138,6 +141,11 @@ impl Writer {
             while let Ok(message) = self.rx.try_recv() {
                 self.take(message);
             }
+            // One append per `.ack` file for all the turn's acknowledgements.
+            let acked = std::mem::take(&mut self.acked);
+            self.acknowledge(&acked);
+            self.acked = acked;
+            self.acked.clear();
             if self.pending.len() < MAX_PENDING {
                 let records = std::mem::take(&mut self.shared.inbox().records);
                 self.pending.extend(records);
@@ -171,7 +179,7 @@ impl Writer {
     fn take(&mut self, message: ToWriter) {
         match message {
             ToWriter::Wake => {}
-            ToWriter::Acked(seqs) => self.acknowledge(&seqs),
+            ToWriter::Acked(seqs) => self.acked.extend(seqs),
             ToWriter::ReadDone => {}
             ToWriter::Closed => self.closed = true,
             ToWriter::Stop => self.stopping = true,
@@ -386,6 +394,9 @@ impl Writer {
 
     /// Appends acknowledged numbers to their segments' `.ack` files.
     fn acknowledge(&mut self, seqs: &[u64]) {
+        if seqs.is_empty() {
+            return;
+        }
         let mut by_segment: HashMap<u64, Vec<u8>> = HashMap::new();
         {
             let mut index = self.shared.index();
