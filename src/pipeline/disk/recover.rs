@@ -5,7 +5,8 @@
 //! the middle of any segment is stepped over later, by the reader, which logs and counts
 //! each record it skips. A segment whose header cannot be read is moved aside as
 //! `<name>.damaged` (logged, its records counted as unknown) rather than stopping the
-//! start; a half-created last segment (a crash while rolling) is deleted.
+//! start; a half-created last segment (a crash while rolling), or one without a whole
+//! record, is deleted: the next segment takes its name.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom, Write};
@@ -145,6 +146,18 @@ pub(super) fn recover(
         let mut written = size;
         if last {
             let scan = scan_tail(&mut file, header.len, first_seq).map_err(io_err(&path))?;
+            if scan.records == 0 {
+                // Started, then cut before a record was whole in it: it holds nothing, and
+                // its name is the number the next record gets, so the next segment would
+                // take its name (kept, the two would be one file under two entries, and
+                // deleting the empty one would delete the live one).
+                warn!(file = %path.display(), bytes = size, "queue segment without a whole record deleted");
+                drop(file);
+                let _ = fs::remove_file(&path);
+                let _ = fs::remove_file(segment::ack_path(dir, first_seq));
+                next_seq = next_seq.max(first_seq);
+                continue;
+            }
             let end = header.len + scan.valid_end as u64;
             if end < size {
                 warn!(file = %path.display(), offset = end, bytes = size - end, "torn write at the end of the queue truncated");

@@ -286,6 +286,11 @@ impl Writer {
         let mut index = self.shared.index();
         let following = index.following;
         let Some(seg) = index.segment_mut(first_seq) else {
+            // Never: a segment leaves the index only once read whole and acknowledged.
+            error!(
+                segment = first_seq,
+                "disk queue wrote to a segment it no longer tracks"
+            );
             return;
         };
         seg.written = len;
