@@ -181,10 +181,12 @@ async fn a_long_lived_stream_on_a_draining_connection_is_ended_with_ok_between_m
     for m in &after {
         tx.send(m.clone()).await.unwrap();
     }
+    // At least these 5: on a loaded machine the OK can also overtake part of the last
+    // burst of the loop (sent before the client saw the call end), which counts too.
     eventually(
         Duration::from_secs(5),
         "5 messages after the OK",
-        || async { peer.metric("satmesh_messages_after_stream_end_total").await == 5.0 },
+        || async { peer.metric("satmesh_messages_after_stream_end_total").await >= 5.0 },
     )
     .await;
     assert_eq!(
