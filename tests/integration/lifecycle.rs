@@ -187,6 +187,7 @@ async fn a_long_lived_stream_on_a_draining_connection_is_ended_with_ok_between_m
     loop {
         let after_end = peer.metric("satmesh_messages_after_stream_end_total").await;
         if after_end >= 5.0 {
+            println!("messages read after the OK: {after_end}");
             break;
         }
         assert!(
