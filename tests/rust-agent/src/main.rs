@@ -93,7 +93,7 @@ async fn main() -> anyhow::Result<()> {
 
     let channel = Endpoint::from_shared(format!("http://{addr}"))
         .with_context(|| format!("bad collector address {addr:?}"))?
-        .connect_with_connector_lazy(watched::connector(addr.clone(), Arc::clone(&tally)));
+        .connect_with_connector_lazy(watched::connector(Arc::clone(&tally)));
     let on_err = Arc::clone(&counts);
     let mut reporter = GrpcReporter::new(channel).with_err_handle(move |msg, err| {
         on_err.on_err(msg);

@@ -5,7 +5,7 @@
 //! part). A read of 0 bytes (EOF) or an error in either direction cuts the connection.
 
 use crate::watch::{ConnWatch, Tally};
-use hyper_util::rt::TokioIo;
+use hyper_util::{client::legacy::connect::HttpConnector, rt::TokioIo};
 use std::{
     io::{self, IoSlice},
     pin::Pin,
@@ -17,24 +17,25 @@ use tokio::{
     net::TcpStream,
 };
 use tonic::transport::Uri;
+use tower::ServiceExt;
 
-/// A tonic connector: plain TCP to `addr` (as tonic's own: TCP_NODELAY on), every
-/// connection watched into `tally`.
+/// tonic's own connector (as `Endpoint::connect_lazy` sets it up: every address of the
+/// name tried in turn, TCP_NODELAY on), each connection it makes watched into `tally`.
 pub fn connector(
-    addr: String,
     tally: Arc<Tally>,
-) -> impl tower::Service<Uri, Response = TokioIo<Watched<TcpStream>>, Error = io::Error, Future: Send>
-+ Send
+) -> impl tower::Service<
+    Uri,
+    Response = TokioIo<Watched<TcpStream>>,
+    Error: std::error::Error + Send + Sync + 'static,
+    Future: Send,
+> + Send
 + Clone
 + 'static {
-    tower::service_fn(move |_: Uri| {
-        let addr = addr.clone();
-        let tally = Arc::clone(&tally);
-        async move {
-            let tcp = TcpStream::connect(addr.as_str()).await?;
-            tcp.set_nodelay(true)?;
-            Ok(TokioIo::new(Watched::new(tcp, tally)))
-        }
+    let mut http = HttpConnector::new();
+    http.enforce_http(false);
+    http.set_nodelay(true);
+    http.map_response(move |io: TokioIo<TcpStream>| {
+        TokioIo::new(Watched::new(io.into_inner(), Arc::clone(&tally)))
     })
 }
 
