@@ -24,6 +24,7 @@
 //! - `watched.rs`: the channel's connector, wrapping each TCP connection to watch its bytes.
 //! - `watch.rs`: one connection's streams, their paths, gRPC messages and endings.
 //! - `frames.rs`: HTTP/2 frames of one direction, header blocks HPACK-decoded.
+//! - `testing.rs` (tests only): hand-built HTTP/2 bytes; `watch/tests.rs`, the watcher's.
 
 mod counting;
 mod frames;
