@@ -98,14 +98,7 @@ impl Sent {
             assert!(!bad, "{agent} reports {k} = {}: {v}\n{output}", v[k]);
         };
         match agent {
-            "rust" => {
-                zero("dropped");
-                zero("watch_errors");
-                // Its connection watcher saw every stream told OK, exactly what it sent.
-                for k in ["segments", "logs", "meters"] {
-                    assert_eq!(v["told_ok"][k], v[k], "{agent} told OK {k}: {v}\n{output}");
-                }
-            }
+            "rust" => zero("dropped"),
             _ => {
                 zero("lost");
                 assert_eq!(

@@ -5,11 +5,7 @@
 //! The reporter's error and status handlers feed the loss counters: an item the reporter
 //! could not queue (its bounded 255-slot per-signal channel was full) or a stream call that
 //! failed (whatever it had popped into that stream is gone).
-//!
-//! The summary also carries what the server told the agent OK about, from the connection
-//! watcher's [`Tally`] (see `watch.rs`).
 
-use crate::watch::Tally;
 use serde_json::{Value, json};
 use skywalking::reporter::{CollectItem, Report};
 use std::sync::{
@@ -65,12 +61,8 @@ impl Counts {
     }
 
     /// The summary line: each signal's count is what was queued for the wire
-    /// (handed to the reporter minus what it dropped); `told_ok` is what went out on
-    /// client-streams the server ended with grpc-status 0, `not_told_ok` what went out on
-    /// streams that ended any other way.
-    pub fn summary(&self, service: &str, instance: &str, tally: &Tally) -> Value {
-        let (ok_segments, ok_logs, ok_meters) = tally.told_ok.get();
-        let (bad_segments, bad_logs, bad_meters) = tally.not_ok.get();
+    /// (handed to the reporter minus what it dropped).
+    pub fn summary(&self, service: &str, instance: &str) -> Value {
         json!({
             "service": service,
             "instance": instance,
@@ -87,9 +79,6 @@ impl Counts {
             },
             "stream_errors": get(&self.stream_errors),
             "management_errors": get(&self.management_errors),
-            "told_ok": {"segments": ok_segments, "logs": ok_logs, "meters": ok_meters},
-            "not_told_ok": {"segments": bad_segments, "logs": bad_logs, "meters": bad_meters},
-            "watch_errors": get(&tally.watch_errors),
         })
     }
 }
