@@ -119,10 +119,7 @@ pub(super) fn recover(
                 // Created, then cut before its first record was whole.
                 warn!(file = %path.display(), bytes = size, "half-created queue segment deleted");
                 drop(file);
-                let _ = fs::remove_file(&path);
-                let _ = fs::remove_file(segment::ack_path(dir, first_seq));
-                // Its name is the number its first record would have had.
-                next_seq = next_seq.max(first_seq);
+                next_seq = next_seq.max(discard(dir, first_seq));
                 continue;
             }
             Ok(_) => {
@@ -153,9 +150,7 @@ pub(super) fn recover(
                 // deleting the empty one would delete the live one).
                 warn!(file = %path.display(), bytes = size, "queue segment without a whole record deleted");
                 drop(file);
-                let _ = fs::remove_file(&path);
-                let _ = fs::remove_file(segment::ack_path(dir, first_seq));
-                next_seq = next_seq.max(first_seq);
+                next_seq = next_seq.max(discard(dir, first_seq));
                 continue;
             }
             let end = header.len + scan.valid_end as u64;
@@ -202,6 +197,14 @@ pub(super) fn recover(
         next_seq: next_seq.max(1),
         lock,
     })
+}
+
+/// Deletes a last segment that holds no record, and its acknowledgements. Returns the
+/// number the next record gets: the one its first record would have had (its name).
+fn discard(dir: &Path, first_seq: u64) -> u64 {
+    let _ = fs::remove_file(segment::segment_path(dir, first_seq));
+    let _ = fs::remove_file(segment::ack_path(dir, first_seq));
+    first_seq
 }
 
 /// Moves a segment that cannot be read out of the way, keeping it for a person to look at.
